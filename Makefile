@@ -1,0 +1,47 @@
+# The two commands from the README: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+
+.PHONY: run test install install-dev lint typecheck lock bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip uv
+
+$(VENV)/.installed: $(BIN)/python requirements/base.lock pyproject.toml
+	$(UV) pip sync -q --python $(BIN)/python requirements/base.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python requirements/dev.lock pyproject.toml
+	$(UV) pip sync -q --python $(BIN)/python requirements/dev.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/stalwart migrate
+	$(BIN)/stalwart serve --host 127.0.0.1 --port 8000
+
+test: install-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest -n 2 --dist loadgroup
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+lock:
+	uv pip compile pyproject.toml -o requirements/base.lock --python-version 3.11
+	uv pip compile pyproject.toml --extra dev -o requirements/dev.lock --python-version 3.11
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
