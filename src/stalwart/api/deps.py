@@ -1,0 +1,66 @@
+"""Dependencies shared by the routers: resources, the database session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
+
+from stalwart.credentials import hash_token
+from stalwart.data.reads import Principal
+from stalwart.resources import Resources
+
+__all__ = ["Admin", "Caller", "Session", "client_ip", "get_resources"]
+
+_bearer = HTTPBearer(auto_error=False, description="Opaque token from POST /api/v1/auth/tokens")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="stalwart"'}
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+async def get_session(
+    resources: Annotated[Resources, Depends(get_resources)],
+) -> AsyncIterator[AsyncSession]:
+    async with resources.db.session() as session:
+        yield session
+
+
+async def get_principal(
+    request: Request,
+    resources: Annotated[Resources, Depends(get_resources)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise HTTPException(401, "A bearer token is required.", headers=_CHALLENGE)
+    token = credentials.credentials
+    if len(token) > 200:
+        raise HTTPException(401, "The bearer token is invalid, expired or revoked.", headers=_CHALLENGE)
+    principal = await resources.db.reads.principal(hash_token(token))
+    if principal is None:
+        raise HTTPException(401, "The bearer token is invalid, expired or revoked.", headers=_CHALLENGE)
+    request.state.account_id = principal.account_id
+    request.state.authenticated = True
+    return principal
+
+
+async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    if principal.role != "admin":
+        raise HTTPException(403, "This operation is for administrators.")
+    return principal
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+Session = Annotated[AsyncSession, Depends(get_session)]
+Caller = Annotated[Principal, Depends(get_principal)]
+Admin = Annotated[Principal, Depends(require_admin)]
+Res = Annotated[Resources, Depends(get_resources)]

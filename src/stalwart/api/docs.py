@@ -1,0 +1,50 @@
+"""Swagger UI with self-hosted assets and no inline script, so it works under a strict CSP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import swagger_ui_bundle
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
+
+__all__ = ["SWAGGER_DIR", "router", "swagger_assets"]
+
+SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
+
+router = APIRouter(include_in_schema=False)
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Stalwart API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script>
+</body>
+</html>
+"""
+
+_INIT = """window.addEventListener("load", function () {
+  window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});
+});
+"""
+
+
+@router.get("/docs")
+async def swagger_page() -> HTMLResponse:
+    return HTMLResponse(_PAGE)
+
+
+@router.get("/docs/init.js")
+async def swagger_init() -> HTMLResponse:
+    return HTMLResponse(_INIT, media_type="text/javascript")
+
+
+def swagger_assets() -> StaticFiles:
+    return StaticFiles(directory=SWAGGER_DIR)

@@ -1,0 +1,74 @@
+"""The caller's own account: read and rectify."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException
+
+from stalwart.api.deps import Caller, Res, Session, client_ip
+from stalwart.api.responses import errors
+from stalwart.api.schemas import AccountOut, MeUpdate
+from stalwart.data.models import Account
+from stalwart.data.types import utcnow
+from stalwart.ops.audit import record
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1/me", tags=["me"])
+
+
+async def _load(session: Session, caller: Caller) -> Account:
+    account = await session.get(Account, caller.account_id)
+    if account is None:  # erased between token lookup and now
+        raise HTTPException(401, "The bearer token is invalid, expired or revoked.")
+    return account
+
+
+@router.get("", response_model=AccountOut, responses=errors(401), summary="Your account")
+async def get_me(caller: Caller, session: Session) -> Account:
+    return await _load(session, caller)
+
+
+@router.patch(
+    "",
+    response_model=AccountOut,
+    responses=errors(400, 401, 403, 409, 413, 415, 422),
+    summary="Change your display name, email or password",
+)
+async def update_me(
+    body: MeUpdate, request: Request, caller: Caller, session: Session, resources: Res
+) -> Account:
+    account = await _load(session, caller)
+    changes = body.model_dump(exclude_unset=True)
+    changed: list[str] = []
+    if "email" in changes or "password" in changes:
+        if body.current_password is None or not await resources.passwords.verify(
+            account.password_hash, body.current_password
+        ):
+            raise HTTPException(403, "current_password is required and must be right.")
+    if body.email is not None and body.email.lower() != account.email:
+        email = body.email.lower()
+        if await session.scalar(select(Account.id).where(Account.email == email)) is not None:
+            raise HTTPException(409, "An account with this email already exists.")
+        account.email = email
+        changed.append("email")
+    if body.display_name is not None:
+        account.display_name = body.display_name
+        changed.append("display_name")
+    if body.password is not None:
+        account.password_hash = await resources.passwords.hash(body.password)
+        changed.append("password")
+    if changed:
+        account.updated_at = utcnow()
+        record(
+            session, "account.updated", subject=account.id, actor=account.id,
+            ip=client_ip(request), details={"fields": changed},
+        )
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            raise HTTPException(409, "An account with this email already exists.") from None
+    return account

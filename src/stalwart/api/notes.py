@@ -1,0 +1,169 @@
+"""Notes: owner-only CRUD with cursor pagination, tag filter and title search."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy import delete, select
+from starlette.exceptions import HTTPException
+
+from stalwart.api.deps import Caller, Res, Session
+from stalwart.api.responses import errors
+from stalwart.api.sanitize import sanitize_html
+from stalwart.api.schemas import ListPage, NoteCreate, NoteOut, NoteUpdate, Tag
+from stalwart.data.models import Note, NoteTag
+from stalwart.data.reads import NoteQuery, NoteRow
+from stalwart.data.types import utcnow
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1/notes", tags=["notes"])
+
+_NOT_FOUND = "No such note."
+
+
+def encode_cursor(row: NoteRow) -> str:
+    raw = orjson.dumps([row.created_at.isoformat(), row.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, note_id = orjson.loads(raw)
+        return datetime.fromisoformat(created), str(note_id)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise HTTPException(400, "The cursor is not one this API issued.") from None
+
+
+def _dedupe(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))
+
+
+def note_out(row: NoteRow | Note) -> NoteOut:
+    return NoteOut(
+        id=row.id, title=row.title, body=row.body, tags=list(row.tags),
+        created_at=row.created_at, updated_at=row.updated_at, version=row.version,
+    )
+
+
+async def _owned(session: Session, caller: Caller, note_id: str) -> Note:
+    note = await session.scalar(
+        select(Note).where(
+            Note.id == note_id, Note.account_id == caller.account_id, Note.deleted_at.is_(None)
+        )
+    )
+    if note is None:
+        # Not yours and not there look the same: a 403 would confirm the id exists.
+        raise HTTPException(404, _NOT_FOUND)
+    return note
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=NoteOut,
+    responses=errors(400, 401, 413, 415, 422),
+    summary="Create a note",
+)
+async def create_note(body: NoteCreate, caller: Caller, session: Session, response: Response) -> NoteOut:
+    now = utcnow()
+    tags = _dedupe(body.tags)
+    note = Note(
+        account_id=caller.account_id, title=body.title, body=sanitize_html(body.body), tags=tags,
+        created_at=now, updated_at=now, version=1,
+    )
+    session.add(note)
+    await session.flush()
+    session.add_all([NoteTag(note_id=note.id, tag=t, account_id=caller.account_id) for t in tags])
+    await session.commit()
+    response.headers["Location"] = f"/api/v1/notes/{note.id}"
+    return note_out(note)
+
+
+@router.get(
+    "",
+    response_model=ListPage[NoteOut],
+    responses=errors(400, 401, 422),
+    summary="List your notes, newest first",
+)
+async def list_notes(
+    request: Request,
+    caller: Caller,
+    resources: Res,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    tag: Annotated[Tag | None, Query()] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> ListPage[NoteOut]:
+    after = decode_cursor(cursor) if cursor else None
+    rows = await resources.db.reads.list_notes(
+        NoteQuery(account_id=caller.account_id, limit=limit + 1, after=after, tag=tag, q=q)
+    )
+    next_url = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        params: dict[str, str | int] = {"limit": limit, "cursor": encode_cursor(rows[-1])}
+        if tag is not None:
+            params["tag"] = tag
+        if q is not None:
+            params["q"] = q
+        next_url = f"{request.url.path}?{urlencode(params)}"
+    return ListPage[NoteOut](data=[note_out(r) for r in rows], next=next_url)
+
+
+@router.get(
+    "/{note_id}",
+    response_model=NoteOut,
+    responses=errors(401, 404),
+    summary="Read one of your notes",
+)
+async def get_note(note_id: str, caller: Caller, resources: Res) -> NoteOut:
+    row = await resources.db.reads.get_note(caller.account_id, note_id)
+    if row is None:
+        raise HTTPException(404, _NOT_FOUND)
+    return note_out(row)
+
+
+@router.patch(
+    "/{note_id}",
+    response_model=NoteOut,
+    responses=errors(400, 401, 404, 413, 415, 422),
+    summary="Change one of your notes",
+)
+async def update_note(note_id: str, body: NoteUpdate, caller: Caller, session: Session) -> NoteOut:
+    note = await _owned(session, caller, note_id)
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("title") is not None:
+        note.title = changes["title"]
+    if changes.get("body") is not None:
+        note.body = sanitize_html(changes["body"])
+    if changes.get("tags") is not None:
+        tags = _dedupe(changes["tags"])
+        note.tags = tags
+        await session.execute(delete(NoteTag).where(NoteTag.note_id == note.id))
+        session.add_all([NoteTag(note_id=note.id, tag=t, account_id=caller.account_id) for t in tags])
+    if changes:
+        note.updated_at = utcnow()
+        note.version += 1
+    await session.commit()
+    return note_out(note)
+
+
+@router.delete(
+    "/{note_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(401, 404),
+    summary="Delete one of your notes",
+)
+async def delete_note(note_id: str, caller: Caller, session: Session) -> Response:
+    note = await _owned(session, caller, note_id)
+    await session.delete(note)
+    await session.commit()
+    return Response(status_code=204)

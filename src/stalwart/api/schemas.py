@@ -1,0 +1,129 @@
+"""Request and response models. Requests are strict: unknown fields are refused, every
+string is bounded, control characters are refused in plain-text fields."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+__all__ = [
+    "AccountCreate",
+    "AccountOut",
+    "AdminAccountOut",
+    "ListPage",
+    "MeUpdate",
+    "NoteCreate",
+    "NoteOut",
+    "NoteUpdate",
+    "TokenCreate",
+    "TokenOut",
+]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+def _no_control_multiline(value: str) -> str:
+    if _CONTROL_MULTILINE.search(value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+PlainText = Annotated[str, AfterValidator(_no_control)]
+Title = Annotated[PlainText, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+DisplayName = Annotated[
+    PlainText, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+]
+Tag = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, to_lower=True, min_length=1, max_length=50,
+        pattern=r"^[\w][\w .:+#-]*$",
+    ),
+]
+Body = Annotated[str, AfterValidator(_no_control_multiline), StringConstraints(max_length=100_000)]
+Password = Annotated[str, StringConstraints(min_length=12, max_length=128)]
+Email = Annotated[EmailStr, StringConstraints(max_length=254)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AccountCreate(_Strict):
+    email: Email
+    password: Password
+    display_name: DisplayName
+
+
+class AccountOut(BaseModel):
+    id: str
+    email: str
+    display_name: str
+    role: Literal["user", "admin"]
+    created_at: datetime
+
+
+class AdminAccountOut(AccountOut):
+    last_login_at: datetime | None
+
+
+class MeUpdate(_Strict):
+    email: Email | None = None
+    display_name: DisplayName | None = None
+    password: Password | None = None
+    current_password: Annotated[str, StringConstraints(max_length=128)] | None = Field(
+        default=None, description="Required to change email or password."
+    )
+
+
+class TokenCreate(_Strict):
+    email: Email
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class TokenOut(BaseModel):
+    token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_at: datetime
+
+
+class NoteCreate(_Strict):
+    title: Title
+    body: Body = ""
+    tags: Annotated[list[Tag], Field(max_length=20)] = []
+
+
+class NoteUpdate(_Strict):
+    title: Title | None = None
+    body: Body | None = None
+    tags: Annotated[list[Tag], Field(max_length=20)] | None = None
+
+
+class NoteOut(BaseModel):
+    id: str
+    title: str
+    body: str
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+T = TypeVar("T")
+
+
+class ListPage(BaseModel, Generic[T]):
+    """The one list shape: `data` holds the page, `next` the URL of the next page or null."""
+
+    data: list[T]
+    next: str | None

@@ -1,0 +1,101 @@
+"""The operator command line: `stalwart serve | migrate | check-config | create-admin | ...`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from stalwart.settings import Settings, production_problems
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="Stalwart: operate the API service.", no_args_is_help=True, add_completion=False)
+err = Console(stderr=True)
+out = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError: print each bad setting, no trace
+        err.print(f"[red]invalid configuration:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("check-config")
+def check_config() -> None:
+    """Print whether the configuration is safe for its environment, one line per problem."""
+    settings = _settings()
+    problems = production_problems(settings)
+    for problem in problems:
+        err.print(f"[red]unsafe:[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"configuration ok for {settings.env.value}")
+
+
+@app.command()
+def migrate(
+    to: Annotated[str, typer.Option("--to", help="Target revision (default head; 'base' empties)")] = "head",
+) -> None:
+    """Upgrade the database schema to head, or up/down to a given revision."""
+    from stalwart.data.migrate import current_revision, migrate_to
+
+    settings = _settings()
+    url = settings.effective_database_url
+    migrate_to(url, to)
+    out.print(f"database at revision {current_revision(url) or 'base'}")
+
+
+@app.command("create-admin")
+def create_admin(
+    email: Annotated[str, typer.Option(prompt=True)],
+    display_name: Annotated[str, typer.Option(prompt=True)] = "Administrator",
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar=None)
+    ] = "",
+) -> None:
+    """Create an account with the admin role (or promote an existing one)."""
+    from stalwart.ops.admins import create_or_promote_admin
+
+    settings = _settings()
+    try:
+        account_id, created = asyncio.run(create_or_promote_admin(settings, email, display_name, password))
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"{'created' if created else 'promoted'} admin {account_id}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM)")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM)")] = None,
+) -> None:
+    """Serve the API (uvicorn with uvloop and httptools, graceful shutdown)."""
+    from stalwart.app import UnsafeConfiguration, create_app
+    from stalwart.server import run_server
+
+    settings = _settings()
+    try:
+        create_app(settings)  # fail fast, in the parent, on an unsafe production configuration
+    except UnsafeConfiguration as exc:
+        for problem in exc.problems:
+            err.print(f"[red]unsafe:[/red] {problem}")
+        raise typer.Exit(1) from None
+    code = run_server(
+        settings, host=host, port=port, workers=workers,
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+    )
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Data layer: engine and pools, tables, the hot read path, migrations."""

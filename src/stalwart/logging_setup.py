@@ -1,0 +1,150 @@
+"""Logging configuration for everything except the access log: app logs, errors, uvicorn.
+
+Two formats, chosen by `settings.log_format`:
+
+- `json`: one JSON object per line with OpenTelemetry field names: `timestamp` (ISO 8601 UTC,
+  milliseconds), `level`, `logger`, `message`, any `extra={...}` fields as given (for example
+  `request.id`, `url.path`), and for exceptions `exception.type`, `exception.message` and
+  `exception.stacktrace`.
+- `console`: one human-readable line (plus the stack trace) for development.
+
+Both formatters pass the message, the extras and the exception text through
+`stalwart.policies.redaction`, so a password or token that reaches a log call is replaced
+before it is written. Stack traces go to the log in every environment; they never reach a
+response (see policies/errors.py). These logs go to stderr; the per-request access lines
+(policies/request_log.py) go to stdout on their own fast path.
+
+`stalwart serve` passes `uvicorn_log_config(settings)` as uvicorn's `log_config` (so worker
+processes configure themselves the same way) with `access_log=False`: our access log replaces
+uvicorn's. `configure_logging(settings)` applies the same configuration in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from typing import IO, Any
+
+import orjson
+
+from stalwart.policies.redaction import redact, redact_text
+from stalwart.policies.timestamps import utc_timestamp
+from stalwart.settings import Settings
+
+__all__ = [
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "configure_logging",
+    "uvicorn_log_config",
+]
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_FIELDS = frozenset(
+    vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)).keys()
+) | {"message", "asctime", "taskName", "color_message"}
+
+# Libraries that log request parameters, SQL parameters or header values at DEBUG/INFO. They
+# stay at WARNING whatever the level, so DEBUG in development cannot leak personal data.
+_QUIET_LOGGERS = ("sqlalchemy", "aiosqlite", "asyncpg", "hpack", "multipart", "watchfiles")
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _RECORD_FIELDS and not key.startswith("_")
+    }
+
+
+def _exception_fields(
+    formatter: logging.Formatter, record: logging.LogRecord
+) -> dict[str, str] | None:
+    if not record.exc_info or record.exc_info[1] is None:
+        return None
+    exc_type, exc, _ = record.exc_info
+    assert exc_type is not None
+    module = exc_type.__module__
+    qualname = exc_type.__qualname__
+    return {
+        "exception.type": qualname if module == "builtins" else f"{module}.{qualname}",
+        "exception.message": redact_text(str(exc)),
+        # Formatted here rather than via record.exc_text, which another handler may have
+        # filled with an unredacted rendering.
+        "exception.stacktrace": redact_text(formatter.formatException(record.exc_info)),
+    }
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, OpenTelemetry field names, secrets redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "timestamp": utc_timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_text(record.getMessage()),
+        }
+        extras = _extras(record)
+        if extras:
+            doc.update(redact(extras))
+        exception = _exception_fields(self, record)
+        if exception:
+            doc.update(exception)
+        if record.stack_info:
+            doc["code.stacktrace"] = redact_text(self.formatStack(record.stack_info))
+        return orjson.dumps(doc, default=repr).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    """`2025-01-02T03:04:05.678Z INFO     logger: message  key=value ...` plus the stack trace."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{utc_timestamp(record.created)} {record.levelname:<8} {record.name}: "
+            f"{redact_text(record.getMessage())}"
+        )
+        extras = _extras(record)
+        if extras:
+            line += "  " + " ".join(f"{k}={v}" for k, v in redact(extras).items())
+        exception = _exception_fields(self, record)
+        if exception:
+            line += "\n" + exception["exception.stacktrace"]
+        if record.stack_info:
+            line += "\n" + redact_text(self.formatStack(record.stack_info))
+        return line
+
+
+def uvicorn_log_config(settings: Settings, stream: IO[str] | str | None = None) -> dict[str, Any]:
+    """A `logging.config.dictConfig` dict for the app and uvicorn (pass as uvicorn's log_config).
+
+    `stream` defaults to stderr; tests pass an in-memory stream.
+    """
+    formatter = JsonFormatter if settings.log_format == "json" else ConsoleFormatter
+    level = settings.log_level
+    quiet = level if logging.getLevelName(level) >= logging.WARNING else "WARNING"
+    handler: dict[str, Any] = {
+        "class": "logging.StreamHandler",
+        "formatter": "stalwart",
+        "stream": stream if stream is not None else "ext://sys.stderr",
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"stalwart": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "handlers": {"stalwart": handler},
+        "root": {"handlers": ["stalwart"], "level": level},
+        "loggers": {
+            # uvicorn's loggers carry their own handlers in its default config: route them to ours.
+            "uvicorn": {"handlers": [], "level": level, "propagate": True},
+            "uvicorn.error": {"handlers": [], "level": level, "propagate": True},
+            # Replaced by policies/request_log.py; silent even without uvicorn's access_log=False.
+            "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+            **{name: {"level": quiet} for name in _QUIET_LOGGERS},
+        },
+    }
+
+
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
+    """Configure stdlib logging for this process from `settings` (idempotent)."""
+    logging.config.dictConfig(uvicorn_log_config(settings, stream))
+    logging.captureWarnings(True)

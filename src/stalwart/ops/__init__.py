@@ -1,0 +1,1 @@
+"""Operations on the data: audit trail, retention, GDPR, backup and restore."""

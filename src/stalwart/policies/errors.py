@@ -1,0 +1,147 @@
+"""Every error as RFC 9457 problem+json: HTTP errors, validation errors, unhandled exceptions."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stalwart.policies.problem import PROBLEM_CONTENT_TYPE, problem_body, problem_type, send_problem
+from stalwart.settings import Settings
+
+__all__ = ["ErrorMiddleware", "ProblemResponse", "install_error_handlers", "validation_problems"]
+
+logger = logging.getLogger("stalwart.errors")
+
+# Pydantic error types that mean "this is not JSON at all" rather than "this JSON is invalid".
+_MALFORMED = {"json_invalid", "json_type"}
+
+
+class ProblemResponse(Response):
+    media_type = PROBLEM_CONTENT_TYPE.decode()
+
+    def __init__(
+        self,
+        request: Request,
+        status: int,
+        *,
+        title: str | None = None,
+        detail: str | None = None,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        import orjson
+
+        body = problem_body(
+            status,
+            title=title,
+            detail=detail,
+            type_=type_,
+            instance=request.url.path,
+            request_id=getattr(request.state, "request_id", None),
+            extra=extra,
+        )
+        super().__init__(orjson.dumps(body), status_code=status, headers=headers)
+
+
+def _pointer(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """JSON pointer (RFC 6901) of a pydantic error location, without the `body` prefix."""
+    parts = list(loc)
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    elif parts and parts[0] in ("query", "path", "header", "cookie"):
+        return f"{parts[0]}:" + ".".join(str(p) for p in parts[1:])
+    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def validation_problems(errors: Any) -> list[dict[str, str]]:
+    # Only the location and message: never the offending input, which may be a password.
+    return [{"pointer": _pointer(err.get("loc", ())), "detail": str(err.get("msg", ""))} for err in errors]
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return ProblemResponse(request, exc.status_code, detail=detail, headers=headers)
+
+
+async def _validation_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(err.get("type") in _MALFORMED for err in errors):
+        return ProblemResponse(
+            request,
+            400,
+            title="Malformed JSON",
+            detail="The request body is not valid JSON.",
+            type_=problem_type("malformed-json"),
+        )
+    return ProblemResponse(
+        request,
+        422,
+        title="Validation failed",
+        detail="One or more fields are invalid.",
+        extra={"errors": validation_problems(errors)},
+    )
+
+
+def install_error_handlers(app: Starlette, settings: Settings) -> None:
+    app.add_exception_handler(HTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation_exception)
+
+
+class ErrorMiddleware:
+    """Turn any unhandled exception into a 500 problem; the stack trace goes to the log only.
+
+    Starlette's ServerErrorMiddleware re-raises after answering, so the server logs the
+    exception a second time in its own format; this layer answers and stops there.
+    """
+
+    def __init__(self, app: ASGIApp, debug: bool = False) -> None:
+        self.app = app
+        self.debug = debug
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            state = scope.get("state") or {}
+            logger.error(
+                "unhandled exception",
+                exc_info=exc,
+                extra={"request.id": state.get("request_id"), "url.path": scope.get("path")},
+            )
+            if started:
+                # Headers are gone; the server will close the connection mid-body.
+                raise
+            extra = None
+            if self.debug:
+                extra = {"traceback": traceback.format_exception(exc)}
+            await send_problem(
+                scope,
+                send,
+                500,
+                title="Internal Server Error",
+                detail="The server could not complete the request. Quote the request id when reporting it.",
+                extra=extra,
+            )

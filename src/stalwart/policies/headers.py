@@ -1,0 +1,214 @@
+"""Security headers on every HTTP response: helmet 8's defaults, then stricter for an API.
+
+Every response (errors, 404s, static files, docs) gets helmet 8's default header set.
+On top of it:
+
+* JSON responses (`application/json`, `application/*+json`) and responses without a body
+  type get `Content-Security-Policy: default-src 'none'; frame-ancestors 'none'` and
+  `X-Frame-Options: DENY`: a JSON document never needs to load anything or be framed.
+  Every other response (HTML pages, static assets) keeps helmet's document policy, whose
+  `script-src 'self'` allows no inline script.
+* `Permissions-Policy` denying powerful features, when configured.
+* `Cache-Control: no-store` on authenticated responses (`scope["state"]["authenticated"]`
+  is True once the app has run) that did not choose their own caching.
+* `Server` and `X-Powered-By` are removed whoever set them.
+
+A header the app set itself wins over the default, as with helmet (whose headers are set
+before the route runs): a docs page can send its own nonce-based CSP.
+
+`Strict-Transport-Security` goes on HTTPS responses; on plain HTTP only when
+`hsts_over_http` is on (development, for helmet parity). Browsers ignore it over HTTP, but
+in production an HTTP response carrying it means TLS is not where it should be.
+
+All header tuples are built once in `__init__`; per request the middleware only picks one
+of four prepared lists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stalwart.settings import Settings
+
+__all__ = [
+    "HELMET_CSP",
+    "HELMET_HEADERS",
+    "JSON_CSP",
+    "SecurityHeadersMiddleware",
+    "hsts_value",
+    "parse_header_overrides",
+    "security_headers_middleware",
+]
+
+# helmet 8.x `contentSecurityPolicy.getDefaultDirectives()`, serialized as helmet does.
+HELMET_CSP = (
+    "default-src 'self';base-uri 'self';font-src 'self' https: data:;"
+    "form-action 'self';frame-ancestors 'self';img-src 'self' data:;object-src 'none';"
+    "script-src 'self';script-src-attr 'none';style-src 'self' https: 'unsafe-inline';"
+    "upgrade-insecure-requests"
+)
+JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+# helmet 8 defaults other than CSP and HSTS, in helmet's order.
+HELMET_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+    ("Origin-Agent-Cluster", "?1"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-DNS-Prefetch-Control", "off"),
+    ("X-Download-Options", "noopen"),
+    ("X-Permitted-Cross-Domain-Policies", "none"),
+    ("X-XSS-Protection", "0"),
+)
+
+_CSP = "content-security-policy"
+_XFO = "x-frame-options"
+_HSTS = "strict-transport-security"
+_STRIPPED = frozenset({b"server", b"x-powered-by"})
+_CONTENT_TYPE = b"content-type"
+_CACHE_CONTROL = b"cache-control"
+_NO_STORE = (b"cache-control", b"no-store")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def hsts_value(max_age: int, include_subdomains: bool = True, preload: bool = False) -> str:
+    value = f"max-age={max_age}"
+    if include_subdomains:
+        value += "; includeSubDomains"
+    if preload:
+        value += "; preload"
+    return value
+
+
+def parse_header_overrides(items: Iterable[str]) -> dict[str, str | None]:
+    """`["Name: value", "Other:"]` to `{"name": "value", "other": None}` (None: remove).
+
+    Raises ValueError on a malformed entry, so a typo fails at start-up, not silently.
+    """
+    overrides: dict[str, str | None] = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not _TOKEN.match(name):
+            raise ValueError(f"security header override {item!r} is not 'Name: value' or 'Name:'")
+        if any(ch in value for ch in "\r\n\x00"):
+            raise ValueError(f"security header override {name!r} has a control character")
+        overrides[name.lower()] = value or None
+    return overrides
+
+
+def _encode(headers: Iterable[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple(
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers
+    )
+
+
+def _is_json(content_type: bytes) -> bool:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    return media_type == b"application/json" or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    )
+
+
+class SecurityHeadersMiddleware:
+    """Add the security header set to every HTTP response; see the module docstring."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        csp: str | None = HELMET_CSP,
+        json_csp: str | None = JSON_CSP,
+        frame_options: str | None = "SAMEORIGIN",
+        json_frame_options: str | None = "DENY",
+        hsts: str | None = hsts_value(31_536_000),
+        hsts_over_http: bool = True,
+        permissions_policy: str | None = None,
+        no_store_authenticated: bool = True,
+        overrides: Mapping[str, str | None] | Sequence[str] = (),
+    ) -> None:
+        self.app = app
+        if not isinstance(overrides, Mapping):
+            overrides = parse_header_overrides(overrides)
+        overrides = {name.lower(): value for name, value in overrides.items()}
+
+        common: dict[str, str | None] = {name.lower(): value for name, value in HELMET_HEADERS}
+        if permissions_policy:
+            common["permissions-policy"] = permissions_policy
+        document = {_CSP: csp, _XFO: frame_options}
+        data = {_CSP: json_csp, _XFO: json_frame_options}
+
+        def build(
+            variant: dict[str, str | None], with_hsts: bool
+        ) -> tuple[tuple[bytes, bytes], ...]:
+            headers = {**variant, **common}
+            if with_hsts:
+                headers[_HSTS] = hsts
+            for name, value in overrides.items():
+                # An override of HSTS changes its value, never where it is sent.
+                if name != _HSTS or with_hsts:
+                    headers[name] = value
+            return _encode((name, value) for name, value in headers.items() if value)
+
+        # (is_json, is_https) -> headers; both lookups are booleans, so no per-request building.
+        self._sets: dict[tuple[bool, bool], tuple[tuple[bytes, bytes], ...]] = {
+            (is_json, is_https): build(data if is_json else document, is_https or hsts_over_http)
+            for is_json in (False, True)
+            for is_https in (False, True)
+        }
+        self._no_store = no_store_authenticated
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = self._headers(scope, message.get("headers", ()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _headers(
+        self, scope: Scope, raw: Iterable[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        present: set[bytes] = set()
+        is_json = True  # no body type: nothing to render, so the strict set
+        for name, value in raw:
+            lname = name.lower()
+            if lname in _STRIPPED:
+                continue
+            if lname == _CONTENT_TYPE:
+                is_json = _is_json(value)
+            present.add(lname)
+            headers.append((name, value))
+        is_https = scope.get("scheme") == "https"
+        headers.extend(h for h in self._sets[is_json, is_https] if h[0] not in present)
+        if self._no_store and _CACHE_CONTROL not in present:
+            state: Any = scope.get("state")
+            if isinstance(state, Mapping) and state.get("authenticated") is True:
+                headers.append(_NO_STORE)
+        return headers
+
+
+def security_headers_middleware(settings: Settings) -> Middleware:
+    """SecurityHeadersMiddleware configured from `settings` (slot 4 of the policy stack)."""
+    return Middleware(
+        SecurityHeadersMiddleware,
+        hsts=hsts_value(
+            settings.hsts_max_age, settings.hsts_include_subdomains, settings.hsts_preload
+        ),
+        # Production: HSTS only over HTTPS. Elsewhere: helmet parity.
+        hsts_over_http=not settings.is_production,
+        permissions_policy=settings.permissions_policy or None,
+        overrides=parse_header_overrides(settings.security_headers),
+    )

@@ -1,0 +1,81 @@
+"""Build the limiter from Settings (the middleware itself takes plain arguments)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from starlette.middleware import Middleware
+
+from stalwart.policies.rate_limit.backend import RateLimitBackend
+from stalwart.policies.rate_limit.memory import MemoryBackend
+from stalwart.policies.rate_limit.middleware import RateLimitMiddleware, RouteLimit
+from stalwart.policies.rate_limit.policy import Policy, parse_policy
+from stalwart.policies.rate_limit.redis import RedisBackend
+from stalwart.settings import Settings
+
+__all__ = [
+    "LOGIN_METHOD",
+    "LOGIN_PATH",
+    "backend_from_settings",
+    "login_account_policy",
+    "rate_limit_middleware",
+    "route_limits_from_settings",
+]
+
+LOGIN_METHOD = "POST"
+LOGIN_PATH = "/api/v1/auth/tokens"
+
+
+def backend_from_settings(settings: Settings, redis: Redis | None = None) -> RateLimitBackend:
+    """The configured backend: "auto" is Redis when a client or `redis_url` is there, else memory.
+
+    Pass the service's shared client as `redis`; without one a client is made from
+    `redis_url` and closing it is up to the caller (`backend.redis.aclose()`).
+    """
+    kind = settings.rate_limit_backend
+    if kind == "auto":
+        kind = "redis" if redis is not None or settings.redis_url else "memory"
+    if kind == "memory":
+        return MemoryBackend()
+    if redis is None:
+        if not settings.redis_url:
+            raise ValueError("STALWART_RATE_LIMIT_BACKEND=redis needs STALWART_REDIS_URL")
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+        )
+    return RedisBackend(
+        redis,
+        prefix=settings.rate_limit_key_prefix,
+        timeout=settings.redis_timeout,
+        fail_open=settings.rate_limit_fail_open,
+    )
+
+
+def route_limits_from_settings(settings: Settings) -> list[RouteLimit]:
+    return [RouteLimit(LOGIN_METHOD, LOGIN_PATH, parse_policy(settings.rate_limit_login))]
+
+
+def login_account_policy(settings: Settings) -> Policy:
+    """The per-account login budget, applied by the login handler with `backend.hit`."""
+    return parse_policy(settings.rate_limit_login_account)
+
+
+def rate_limit_middleware(settings: Settings, resources: Any = None) -> Middleware:
+    """The slot-9 middleware for `settings`.
+
+    Uses `resources.rate_limiter` when the service's Resources has one (so the login route
+    and the middleware share a backend), else a backend on `resources.redis`.
+    """
+    backend = getattr(resources, "rate_limiter", None)
+    if not isinstance(backend, RateLimitBackend):
+        backend = backend_from_settings(settings, getattr(resources, "redis", None))
+    return Middleware(
+        RateLimitMiddleware,
+        backend,
+        policy=parse_policy(settings.rate_limit),
+        routes=route_limits_from_settings(settings),
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
+    )

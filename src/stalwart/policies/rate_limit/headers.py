@@ -1,0 +1,54 @@
+"""RateLimit and RateLimit-Policy fields (IETF httpapi ratelimit-headers draft, structured form).
+
+Shape as express-rate-limit's `draft-8` mode: `RateLimit-Policy: "100-in-15min";q=100;w=900`
+and `RateLimit: "100-in-15min";r=99;t=900`, `t` being whole seconds until the window resets.
+"""
+
+from __future__ import annotations
+
+import math
+
+from stalwart.policies.rate_limit.policy import Decision, Policy
+
+__all__ = ["PolicyHeaders", "rate_limit_headers", "seconds_until_reset"]
+
+
+def seconds_until_reset(decision: Decision) -> int:
+    # Rounded up, so a client that waits this long finds the window reset.
+    return max(1, math.ceil(decision.reset_after))
+
+
+class PolicyHeaders:
+    """The header bytes of one policy, built once; only `r` and `t` are formatted per request."""
+
+    __slots__ = ("policy", "policy_header", "state_prefix")
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.policy_header = (
+            b"ratelimit-policy",
+            f'"{policy.name}";q={policy.limit};w={policy.window}'.encode(),
+        )
+        self.state_prefix = f'"{policy.name}";r='.encode()
+
+    def for_decision(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+        """Headers for a response under `decision` (plus Retry-After when it refuses)."""
+        if decision.degraded:
+            # The store was not asked, so there is no remaining count to report.
+            return [self.policy_header]
+        reset = seconds_until_reset(decision)
+        headers = [
+            self.policy_header,
+            (b"ratelimit", self.state_prefix + b"%d;t=%d" % (decision.remaining, reset)),
+        ]
+        if not decision.allowed:
+            headers.append((b"retry-after", b"%d" % reset))
+        return headers
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """The same headers as a dict, for a route handler's response or HTTPException."""
+    return {
+        name.decode(): value.decode()
+        for name, value in PolicyHeaders(decision.policy).for_decision(decision)
+    }

@@ -1,0 +1,306 @@
+"""Request ids and one structured access-log line per request.
+
+`RequestLogMiddleware` takes the client's `X-Request-ID` when it is well-formed (1 to 128 of
+`A-Z a-z 0-9 . _ : -`), otherwise generates one (32 hex digits), stores it in
+`scope["state"]["request_id"]` and echoes it as `X-Request-ID` on the response. When the access
+log is on it writes one JSON line per request with OpenTelemetry HTTP field names:
+
+    {"timestamp":"2025-01-02T03:04:05.678Z","level":"INFO","logger":"stalwart.access",
+     "request.id":"...","client.address":"203.0.113.0","http.request.method":"GET",
+     "http.route":"/notes/{note_id}","url.path":"/notes/42","http.response.status_code":200,
+     "duration_ms":1.234,"http.response.body.size":57,"user_agent.original":"curl/8.5.0",
+     "account.id":7}
+
+Level: INFO below 500, ERROR for 5xx. Client errors (4xx) stay INFO: they are the client's
+problem and scanners produce them by the thousand, so WARNING would bury real warnings. A
+request that ends without any response (client gone) is logged with status 499, the nginx
+convention; one that raises before responding is logged as 500. `http.route`,
+`client.address`, `user_agent.original` and `account.id` are left out when unknown. The query
+string is never logged, and no header except the user agent, so the line needs no redaction.
+
+The line is orjson bytes appended to `AccessLogWriter`, which batches lines in memory and
+writes them to stdout at most every `flush_interval` seconds (a `loop.call_later` timer, armed
+only while lines are waiting, so no task is ever left running) or as soon as `max_buffer`
+bytes are waiting, and at interpreter exit. Writes go to the file descriptor in chunks of at
+most `PIPE_BUF` bytes cut at line ends, so with several workers sharing one pipe lines never
+interleave. The app lifespan should call `ACCESS_LOG.flush()` on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import io
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, Protocol
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stalwart.policies.timestamps import utc_timestamp
+from stalwart.settings import Settings
+
+__all__ = [
+    "ACCESS_LOG",
+    "AccessLogWriter",
+    "LineSink",
+    "RequestLogMiddleware",
+    "anonymize_ip",
+    "is_valid_request_id",
+    "new_request_id",
+]
+
+LineSink = Callable[[bytes], None]
+"""Receives one complete access-log line (JSON bytes ending in a newline)."""
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_MAX_USER_AGENT = 512
+# POSIX guarantees writes up to PIPE_BUF bytes to a pipe are not interleaved with other writers.
+_PIPE_BUF = 4096
+_OPTIONS = orjson.OPT_APPEND_NEWLINE
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> int | None: ...
+
+
+def is_valid_request_id(value: bytes) -> bool:
+    return _VALID_REQUEST_ID.fullmatch(value) is not None
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+@lru_cache(maxsize=8192)
+def anonymize_ip(host: str) -> str:
+    """IPv4 with the last octet zeroed, IPv6 truncated to its /48; anything else unchanged."""
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, IPv6Address):
+        mapped = address.ipv4_mapped
+        if mapped is None:
+            return str(IPv6Address(int(address) >> 80 << 80))
+        address = mapped
+    return str(IPv4Address(int(address) & 0xFFFFFF00))
+
+
+class AccessLogWriter:
+    """Batches lines in memory and writes them to a binary stream (stdout by default)."""
+
+    def __init__(
+        self,
+        stream: _Writable | None = None,
+        *,
+        flush_interval: float = 0.5,
+        max_buffer: int = 65_536,
+    ) -> None:
+        self._stream = stream
+        self.flush_interval = flush_interval
+        self.max_buffer = max_buffer
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def write(self, line: bytes) -> None:
+        with self._lock:
+            self._buffer += line
+            size = len(self._buffer)
+            timer_loop = self._timer_loop
+        if size >= self.max_buffer:
+            self.flush()
+        elif self._timer is None or (timer_loop is not None and timer_loop.is_closed()):
+            self._arm()
+
+    def _arm(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # No event loop to flush later: write now.
+            self.flush()
+            return
+        self._timer_loop = loop
+        self._timer = loop.call_later(self.flush_interval, self.flush)
+
+    def flush(self) -> None:
+        """Write every waiting line now (safe to call at any time, from any thread)."""
+        with self._lock:
+            timer, self._timer, self._timer_loop = self._timer, None, None
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        if timer is not None:
+            timer.cancel()
+        if data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        stream = self._stream if self._stream is not None else _stdout()
+        try:
+            start = 0
+            while start < len(data):
+                end = start + _PIPE_BUF
+                if end < len(data):
+                    cut = data.rfind(b"\n", start, end)
+                    end = cut + 1 if cut >= start else (data.find(b"\n", end) + 1 or len(data))
+                _write_all(stream, data[start:end])
+                start = end
+            flush = getattr(stream, "flush", None)
+            if flush is not None:
+                flush()
+        except (OSError, ValueError):
+            # stdout closed or a broken pipe: losing log lines must not fail requests.
+            pass
+
+
+def _write_all(stream: _Writable, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        written = stream.write(view)  # type: ignore[arg-type]
+        if not written:
+            return
+        view = view[written:]
+
+
+_stdout_stream: io.FileIO | None = None
+
+
+def _stdout() -> _Writable:
+    # The raw file descriptor, so each chunk is exactly one write(2).
+    global _stdout_stream
+    if _stdout_stream is None:
+        try:
+            _stdout_stream = io.FileIO(sys.stdout.fileno(), "wb", closefd=False)
+        except (AttributeError, OSError, ValueError):
+            return sys.stdout.buffer
+    return _stdout_stream
+
+
+ACCESS_LOG = AccessLogWriter()
+atexit.register(ACCESS_LOG.flush)
+
+
+class RequestLogMiddleware:
+    """Request id in, request id out, and one JSON access-log line per HTTP request."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: bool = True,
+        anonymize: bool = False,
+        sink: LineSink | None = None,
+    ) -> None:
+        self.app = app
+        self.access_log = access_log
+        self.anonymize = anonymize
+        self.sink: LineSink = sink if sink is not None else ACCESS_LOG.write
+
+    @classmethod
+    def from_settings(
+        cls, app: ASGIApp, settings: Settings, sink: LineSink | None = None
+    ) -> RequestLogMiddleware:
+        return cls(
+            app,
+            access_log=settings.access_log,
+            anonymize=settings.effective_anonymize_ip,
+            sink=sink,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        raw_id: bytes | None = None
+        user_agent: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                raw_id = value
+            elif name == b"user-agent":
+                user_agent = value
+        if raw_id is not None and is_valid_request_id(raw_id):
+            request_id = raw_id.decode("ascii")
+        else:
+            request_id = new_request_id()
+            raw_id = request_id.encode("ascii")
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        header = (REQUEST_ID_HEADER, raw_id)
+
+        if not self.access_log:
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), header]
+                await send(message)
+
+            await self.app(scope, receive, send_with_id)
+            return
+
+        status = 0
+        size = 0
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status, size
+            if message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        except BaseException:
+            if not status:
+                status = 500
+            raise
+        finally:
+            self._log(scope, state, request_id, user_agent, status or 499, size, started)
+
+    def _log(
+        self,
+        scope: Scope,
+        state: dict[str, Any],
+        request_id: str,
+        user_agent: bytes | None,
+        status: int,
+        size: int,
+        started: float,
+    ) -> None:
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        line: dict[str, Any] = {
+            "timestamp": utc_timestamp(time.time()),
+            "level": "ERROR" if status >= 500 else "INFO",
+            "logger": "stalwart.access",
+            "request.id": request_id,
+        }
+        client = scope.get("client")
+        if client:
+            line["client.address"] = anonymize_ip(client[0]) if self.anonymize else client[0]
+        line["http.request.method"] = scope["method"]
+        route = scope.get("route")
+        template = getattr(route, "path", None)
+        if template is not None:
+            line["http.route"] = template
+        line["url.path"] = scope["path"]
+        line["http.response.status_code"] = status
+        line["duration_ms"] = duration_ms
+        line["http.response.body.size"] = size
+        if user_agent is not None:
+            line["user_agent.original"] = user_agent[:_MAX_USER_AGENT].decode("latin-1")
+        account_id = state.get("account_id")
+        if account_id is not None:
+            line["account.id"] = account_id
+        self.sink(orjson.dumps(line, option=_OPTIONS, default=str))

@@ -1,0 +1,54 @@
+"""The one call: wrap any Starlette/FastAPI app in the whole production policy.
+
+Middleware is listed outermost first and added in reverse, because each
+`add_middleware` call wraps everything added before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from stalwart.policies.errors import ErrorMiddleware, install_error_handlers
+from stalwart.policies.rate_limit import rate_limit_middleware
+from stalwart.policies.request_log import RequestLogMiddleware
+from stalwart.settings import Settings
+
+__all__ = ["install_policies", "policy_middleware"]
+
+
+def policy_middleware(settings: Settings, resources: Any = None) -> list[Middleware]:
+    """The policy middleware for `settings`, outermost first.
+
+    `resources` (the service's Resources) shares its Redis client with the rate limiter.
+    """
+    stack: list[Middleware] = []
+    # 1. client address and scheme from trusted proxies only (policies/proxies.py)
+    # 2. request id + one access-log line per request (policies/request_log.py)
+    stack.append(
+        Middleware(
+            RequestLogMiddleware,
+            access_log=settings.access_log,
+            anonymize=settings.effective_anonymize_ip,
+        )
+    )
+    # 3. metrics: counters and latency per route template (policies/metrics.py)
+    # 4. security headers on every response, errors included (policies/headers.py)
+    stack.append(Middleware(ErrorMiddleware, debug=settings.debug and not settings.is_production))
+    # 6. HTTPS only in production (policies/https.py)
+    # 7. graceful shutdown: Connection: close while draining (policies/shutdown.py)
+    # 8. CORS (policies/cors.py)
+    # 9. rate limiting (policies/rate_limit/)
+    stack.append(rate_limit_middleware(settings, resources))
+    # 10. body size limit, content type (policies/body_limit.py)
+    # 11. compression (policies/compression.py)
+    return stack
+
+
+def install_policies(app: Starlette, settings: Settings, resources: Any = None) -> None:
+    """Wrap `app` in the policy stack and make its errors problem+json."""
+    install_error_handlers(app, settings)
+    for middleware in reversed(policy_middleware(settings, resources)):
+        app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)

@@ -1,0 +1,55 @@
+"""Process-wide resources shared by the API and the policy layer, opened and closed by the lifespan."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from stalwart.credentials import Passwords
+from stalwart.data.engine import Database
+from stalwart.settings import Settings
+
+__all__ = ["Resources"]
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    db: Database
+    redis: Redis | None
+    passwords: Passwords
+    started_at: float = field(default_factory=time.time)
+    # Set by the graceful-shutdown server when a signal arrives: readiness turns 503 at once.
+    shutting_down: bool = False
+    login_limiter: Callable[[str, Request], Awaitable[None]] | None = None
+
+    @classmethod
+    def create(cls, settings: Settings) -> Resources:
+        redis = None
+        if settings.redis_url:
+            # from_url connects lazily: nothing is opened until the first command.
+            redis = Redis.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout,
+                socket_connect_timeout=settings.redis_timeout,
+                health_check_interval=30,
+            )
+        return cls(settings=settings, db=Database(settings), redis=redis, passwords=Passwords(settings))
+
+    async def check_login_budget(self, email: str, request: Request) -> None:
+        """Per-account login budget against password guessing (raises 429 when spent)."""
+        limiter = self.login_limiter
+        if limiter is not None:
+            await limiter(email, request)
+
+    async def start(self) -> None:
+        await self.db.start()
+
+    async def close(self) -> None:
+        await self.db.close()
+        if self.redis is not None:
+            await self.redis.aclose()

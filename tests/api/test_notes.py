@@ -1,0 +1,185 @@
+"""Notes over HTTP: CRUD, pagination, filters, owner-only access (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from stalwart.data.models import Note
+from tests.conftest import Account
+
+pytestmark = pytest.mark.anyio
+
+
+async def _create(client: httpx.AsyncClient, who: Account, **body: object) -> dict[str, object]:
+    payload = {"title": "t", "body": "", "tags": [], **body}
+    r = await client.post("/api/v1/notes", json=payload, headers=who.headers)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def _count_notes(app: object, account_id: str) -> int:
+    db = app.state.resources.db  # type: ignore[attr-defined]
+    async with db.session() as s:
+        return int(await s.scalar(select(func.count()).select_from(Note).where(Note.account_id == account_id)))
+
+
+async def test_create_returns_201_location_and_the_note(client: httpx.AsyncClient, alice: Account) -> None:
+    r = await client.post(
+        "/api/v1/notes",
+        json={"title": "  Groceries ", "body": "milk", "tags": ["Home", "home", "food"]},
+        headers=alice.headers,
+    )
+    assert r.status_code == 201
+    note = r.json()
+    assert r.headers["location"] == f"/api/v1/notes/{note['id']}"
+    assert note["title"] == "Groceries"
+    assert note["tags"] == ["home", "food"]
+    assert note["version"] == 1
+    assert uuid.UUID(note["id"]).version == 4
+    assert set(note) == {"id", "title", "body", "tags", "created_at", "updated_at", "version"}
+    r = await client.get(f"/api/v1/notes/{note['id']}", headers=alice.headers)
+    assert r.status_code == 200
+    assert r.json() == note
+
+
+async def test_body_html_is_sanitized_before_storing(client: httpx.AsyncClient, alice: Account, app: object) -> None:
+    note = await _create(
+        client, alice,
+        body='<p onclick="x()">hi <a href="javascript:alert(1)">l</a><script>alert(1)</script></p>',
+    )
+    assert note["body"] == '<p>hi <a rel="noopener noreferrer">l</a></p>'
+    db = app.state.resources.db  # type: ignore[attr-defined]
+    async with db.session() as s:
+        stored = await s.scalar(select(Note.body).where(Note.id == note["id"]))
+    assert stored == note["body"]
+
+
+async def test_list_paginates_with_cursor_and_next_link(client: httpx.AsyncClient, alice: Account) -> None:
+    ids = [(await _create(client, alice, title=f"n{i}"))["id"] for i in range(5)]
+    seen: list[str] = []
+    url: str | None = "/api/v1/notes?limit=2"
+    pages = 0
+    while url:
+        r = await client.get(url, headers=alice.headers)
+        assert r.status_code == 200
+        body = r.json()
+        assert set(body) == {"data", "next"}
+        seen += [n["id"] for n in body["data"]]
+        url = body["next"]
+        pages += 1
+    assert pages == 3
+    assert seen == list(reversed(ids))
+
+
+async def test_list_filters_by_tag_and_searches_title(client: httpx.AsyncClient, alice: Account) -> None:
+    a = await _create(client, alice, title="Weekly plan", tags=["work"])
+    await _create(client, alice, title="Holiday 100%", tags=["home"])
+    r = await client.get("/api/v1/notes?tag=work", headers=alice.headers)
+    assert [n["id"] for n in r.json()["data"]] == [a["id"]]
+    r = await client.get("/api/v1/notes?q=WEEK", headers=alice.headers)
+    assert [n["id"] for n in r.json()["data"]] == [a["id"]]
+    r = await client.get("/api/v1/notes?q=%25", headers=alice.headers)  # a literal %, not a wildcard
+    assert [n["title"] for n in r.json()["data"]] == ["Holiday 100%"]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "cursor=%21%21"])
+async def test_list_rejects_bad_paging(client: httpx.AsyncClient, alice: Account, query: str) -> None:
+    r = await client.get(f"/api/v1/notes?{query}", headers=alice.headers)
+    assert r.status_code in (400, 422)
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_patch_changes_fields_and_bumps_version(client: httpx.AsyncClient, alice: Account) -> None:
+    note = await _create(client, alice, title="old", tags=["a"])
+    r = await client.patch(
+        f"/api/v1/notes/{note['id']}", json={"title": "new", "tags": ["b"]}, headers=alice.headers
+    )
+    assert r.status_code == 200
+    assert r.json()["title"] == "new"
+    assert r.json()["tags"] == ["b"]
+    assert r.json()["version"] == 2
+    r = await client.get("/api/v1/notes?tag=a", headers=alice.headers)
+    assert r.json()["data"] == []
+
+
+async def test_owner_fields_cannot_be_mass_assigned(client: httpx.AsyncClient, alice: Account, bob: Account) -> None:
+    r = await client.post(
+        "/api/v1/notes", json={"title": "x", "account_id": bob.id}, headers=alice.headers
+    )
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["pointer"] == "/account_id"
+    note = await _create(client, alice)
+    r = await client.patch(
+        f"/api/v1/notes/{note['id']}", json={"account_id": bob.id, "version": 9}, headers=alice.headers
+    )
+    assert r.status_code == 422
+
+
+async def test_other_accounts_notes_are_404_and_untouched(
+    client: httpx.AsyncClient, alice: Account, bob: Account, app: object
+) -> None:
+    note = await _create(client, alice, title="secret", tags=["x"])
+    nid = note["id"]
+    assert (await client.get(f"/api/v1/notes/{nid}", headers=bob.headers)).status_code == 404
+    r = await client.patch(f"/api/v1/notes/{nid}", json={"title": "pwned"}, headers=bob.headers)
+    assert r.status_code == 404
+    assert (await client.delete(f"/api/v1/notes/{nid}", headers=bob.headers)).status_code == 404
+    r = await client.get("/api/v1/notes", headers=bob.headers)
+    assert r.json() == {"data": [], "next": None}
+    r = await client.get("/api/v1/notes?tag=x", headers=bob.headers)
+    assert r.json()["data"] == []
+    # unchanged in the database
+    r = await client.get(f"/api/v1/notes/{nid}", headers=alice.headers)
+    assert r.json()["title"] == "secret"
+    assert await _count_notes(app, alice.id) == 1
+
+
+async def test_unknown_note_is_404_problem(client: httpx.AsyncClient, alice: Account) -> None:
+    r = await client.get(f"/api/v1/notes/{uuid.uuid4()}", headers=alice.headers)
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == "No such note."
+
+
+async def test_delete_removes_the_note(client: httpx.AsyncClient, alice: Account, app: object) -> None:
+    note = await _create(client, alice, tags=["t"])
+    r = await client.delete(f"/api/v1/notes/{note['id']}", headers=alice.headers)
+    assert r.status_code == 204
+    assert (await client.get(f"/api/v1/notes/{note['id']}", headers=alice.headers)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"title": ""},
+        {"title": "x" * 201},
+        {"title": "a\x00b"},
+        {"title": "ok", "tags": ["x" * 51]},
+        {"title": "ok", "tags": [f"t{i}" for i in range(21)]},
+        {"title": "ok", "body": "x" * 100_001},
+        {"title": 5},
+        {"title": "ok", "extra": 1},
+    ],
+)
+async def test_invalid_note_is_422_and_writes_nothing(
+    client: httpx.AsyncClient, alice: Account, app: object, payload: dict[str, object]
+) -> None:
+    r = await client.post("/api/v1/notes", json=payload, headers=alice.headers)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"]
+    assert await _count_notes(app, alice.id) == 0
+
+
+async def test_notes_require_a_token(client: httpx.AsyncClient) -> None:
+    r = await client.get("/api/v1/notes")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer realm="stalwart"'
+    r = await client.get("/api/v1/notes", headers={"Authorization": "Bearer stw_nope"})
+    assert r.status_code == 401
+
+
