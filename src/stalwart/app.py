@@ -59,5 +59,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.mount("/docs/assets", swagger_assets(), name="docs-assets")
     install_openapi(app)
-    install_policies(app, settings)
+    install_policies(app, settings, resources)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
@@ -36,7 +37,7 @@ async def list_accounts(
     next_url = None
     if len(rows) > limit:
         rows = rows[:limit]
-        next_url = f"/api/v1/admin/accounts?limit={limit}&after={rows[-1].email}"
+        next_url = "/api/v1/admin/accounts?" + urlencode({"limit": limit, "after": rows[-1].email})
     return ListPage[AdminAccountOut](
         data=[AdminAccountOut.model_validate(r, from_attributes=True) for r in rows], next=next_url
     )

@@ -363,7 +363,8 @@ class _Responder:
 
     async def _first_body(self, message: Message) -> None:
         start = self.pending
-        assert start is not None and self.coding is not None
+        assert start is not None
+        assert self.coding is not None
         self.pending = None
         body: bytes = message.get("body", b"")
         more: bool = message.get("more_body", False)

@@ -105,8 +105,7 @@ def parse_header_overrides(items: Iterable[str]) -> dict[str, str | None]:
 
 def _encode(headers: Iterable[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in headers
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
     )
 
 

@@ -72,7 +72,7 @@ def normalize_ip(value: str) -> str | None:
 
 def parse_host_port(value: str) -> tuple[str, int] | None:
     """`1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]`, `[::1]:80` to (canonical ip, port); else None."""
-    value = value.strip().strip('"').strip()
+    value = value.strip()
     port = 0
     if value.startswith("["):
         end = value.find("]")
@@ -193,9 +193,7 @@ class ProxyHeadersMiddleware:
                 return index, parsed
         return 0, parse_host_port(hosts[0])
 
-    def _x_forwarded_hops(
-        self, scope: Scope
-    ) -> tuple[tuple[str, int] | None, str | None] | None:
+    def _x_forwarded_hops(self, scope: Scope) -> tuple[tuple[str, int] | None, str | None] | None:
         xff: list[bytes] = []
         xfp: list[bytes] = []
         for name, value in scope["headers"]:
@@ -216,9 +214,7 @@ class ProxyHeadersMiddleware:
             scheme = _SCHEMES.get(proto)
         return address, scheme
 
-    def _forwarded_hops(
-        self, scope: Scope
-    ) -> tuple[tuple[str, int] | None, str | None] | None:
+    def _forwarded_hops(self, scope: Scope) -> tuple[tuple[str, int] | None, str | None] | None:
         values = [value for name, value in scope["headers"] if name == b"forwarded"]
         if not values:
             return None

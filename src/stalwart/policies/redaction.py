@@ -79,6 +79,9 @@ _PAIR = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 
+# A cookie header holds several pairs (`a=1; b=2`), any of which may be a session: all of it goes.
+_COOKIE_HEADER = re.compile(r"\b((?:set-)?cookie\s*:\s*)[^\n'\"]+", re.IGNORECASE)
+
 _CLOSERS = {"{": "}", "[": "]", "(": ")"}
 
 
@@ -142,6 +145,10 @@ def _pair(match: re.Match[str]) -> str:
     return match["key"] + match["sep"] + (_redact_pairs(value) if _HINT.search(value) else value)
 
 
+def _cookie(match: re.Match[str]) -> str:
+    return match[1] + REDACTED
+
+
 def _scheme(match: re.Match[str]) -> str:
     return match[1] + " " + REDACTED
 
@@ -157,6 +164,7 @@ def redact_text(text: str) -> str:
     if "input" in text:
         text = _PYDANTIC_INPUT.sub("input_value=" + REDACTED, text)
         text = _redact_inputs(text)
+    text = _COOKIE_HEADER.sub(_cookie, text)
     # Pairs first, so `Authorization: Bearer x` becomes one marker rather than two.
     text = _redact_pairs(text)
     return _CREDENTIAL_SCHEME.sub(_scheme, text)

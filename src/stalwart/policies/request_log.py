@@ -297,7 +297,8 @@ class RequestLogMiddleware:
         line["url.path"] = scope["path"]
         line["http.response.status_code"] = status
         line["duration_ms"] = duration_ms
-        line["http.response.body.size"] = size
+        # The server drops a HEAD response's body, whatever the app sent.
+        line["http.response.body.size"] = size if scope["method"] != "HEAD" else 0
         if user_agent is not None:
             line["user_agent.original"] = user_agent[:_MAX_USER_AGENT].decode("latin-1")
         account_id = state.get("account_id")

@@ -11,9 +11,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from stalwart.policies.compression import CompressionMiddleware
 from stalwart.policies.errors import ErrorMiddleware, install_error_handlers
 from stalwart.policies.rate_limit import rate_limit_middleware
 from stalwart.policies.request_log import RequestLogMiddleware
+from stalwart.policies.shutdown import ShutdownMiddleware
 from stalwart.settings import Settings
 
 __all__ = ["install_policies", "policy_middleware"]
@@ -39,11 +41,13 @@ def policy_middleware(settings: Settings, resources: Any = None) -> list[Middlew
     stack.append(Middleware(ErrorMiddleware, debug=settings.debug and not settings.is_production))
     # 6. HTTPS only in production (policies/https.py)
     # 7. graceful shutdown: Connection: close while draining (policies/shutdown.py)
+    stack.append(Middleware(ShutdownMiddleware))
     # 8. CORS (policies/cors.py)
     # 9. rate limiting (policies/rate_limit/)
     stack.append(rate_limit_middleware(settings, resources))
     # 10. body size limit, content type (policies/body_limit.py)
     # 11. compression (policies/compression.py)
+    stack.append(Middleware(CompressionMiddleware, minimum_size=settings.compression_min_size))
     return stack
 
 

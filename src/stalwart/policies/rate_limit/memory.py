@@ -7,7 +7,8 @@ and O(1) time per hit; the trade-off is that a client can spend one budget at th
 a window and the next at the start of the following one.
 
 Bounded memory: windows of the same length expire in the order they were opened, so one
-deque per window length lists them oldest first and every hit drops the expired heads.
+deque per window length lists them oldest first and every hit drops the expired heads
+(amortised O(1)).
 Past `max_keys` live keys the oldest window is dropped early (that client starts afresh).
 """
 
@@ -53,13 +54,15 @@ class MemoryBackend:
         """`hit` without a coroutine: nothing here awaits, which is what makes it atomic."""
         now = self.clock()
         windows = self._windows
+        # One queue per window length in use (a handful): sweeping all keeps memory tight.
+        for expiring in self._expiry.values():
+            while expiring and expiring[0][1].reset <= now:
+                old_key, old = expiring.popleft()
+                if windows.get(old_key) is old:
+                    del windows[old_key]
         queue = self._expiry.get(policy.window)
         if queue is None:
             queue = self._expiry[policy.window] = deque()
-        while queue and queue[0][1].reset <= now:
-            old_key, old = queue.popleft()
-            if windows.get(old_key) is old:
-                del windows[old_key]
         window = windows.get(key)
         if window is None or window.reset <= now:
             if len(windows) >= self.max_keys and queue:

@@ -1,0 +1,65 @@
+"""The caller's own account: read and rectify."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import Account
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_get_me(client: httpx.AsyncClient, alice: Account) -> None:
+    r = await client.get("/api/v1/me", headers=alice.headers)
+    assert r.status_code == 200
+    assert r.json()["id"] == alice.id
+    assert "password_hash" not in r.json()
+
+
+async def test_patch_display_name(client: httpx.AsyncClient, alice: Account) -> None:
+    r = await client.patch("/api/v1/me", json={"display_name": "Alice L."}, headers=alice.headers)
+    assert r.status_code == 200
+    assert r.json()["display_name"] == "Alice L."
+
+
+async def test_email_change_needs_current_password(client: httpx.AsyncClient, alice: Account) -> None:
+    r = await client.patch("/api/v1/me", json={"email": "new@example.com"}, headers=alice.headers)
+    assert r.status_code == 403
+    r = await client.patch(
+        "/api/v1/me",
+        json={"email": "new@example.com", "current_password": alice.password},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200
+    assert r.json()["email"] == "new@example.com"
+
+
+async def test_password_change_then_login_with_new(client: httpx.AsyncClient, alice: Account) -> None:
+    r = await client.patch(
+        "/api/v1/me",
+        json={"password": "a brand new password", "current_password": alice.password},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200
+    r = await client.post("/api/v1/auth/tokens", json={"email": alice.email, "password": alice.password})
+    assert r.status_code == 401
+    r = await client.post(
+        "/api/v1/auth/tokens", json={"email": alice.email, "password": "a brand new password"}
+    )
+    assert r.status_code == 201
+
+
+async def test_email_taken_is_409(client: httpx.AsyncClient, alice: Account, bob: Account) -> None:
+    r = await client.patch(
+        "/api/v1/me",
+        json={"email": bob.email, "current_password": alice.password},
+        headers=alice.headers,
+    )
+    assert r.status_code == 409
+
+
+async def test_role_cannot_be_changed_through_me(client: httpx.AsyncClient, alice: Account) -> None:
+    r = await client.patch("/api/v1/me", json={"role": "admin"}, headers=alice.headers)
+    assert r.status_code == 422
+    assert (await client.get("/api/v1/me", headers=alice.headers)).json()["role"] == "user"

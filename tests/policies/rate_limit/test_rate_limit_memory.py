@@ -1,0 +1,60 @@
+"""The memory backend on its own: the public `hit` API, expiry, bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from stalwart.policies.rate_limit import Decision, MemoryBackend, account_key, parse_policy
+
+from .conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_hit_is_usable_from_a_route_for_per_account_budgets(clock: FakeClock) -> None:
+    backend = MemoryBackend(clock=clock)
+    policy = parse_policy("5/15minutes")
+    key = account_key("alice@example.com")
+    decisions = [await backend.hit(key, policy) for _ in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert decisions[0] == Decision(True, 4, 900.0, policy)
+    assert decisions[5] == Decision(False, 0, 900.0, policy)
+    assert (await backend.hit(account_key("bob@example.com"), policy)).allowed
+    clock.advance(900)
+    assert await backend.hit(key, policy) == Decision(True, 4, 900.0, policy)
+
+
+async def test_expired_windows_are_dropped(clock: FakeClock) -> None:
+    backend = MemoryBackend(clock=clock)
+    short, long = parse_policy("10/minute"), parse_policy("10/hour")
+    for i in range(1000):
+        await backend.hit(f"short-{i}", short)
+        await backend.hit(f"long-{i}", long)
+    assert len(backend) == 2000
+    clock.advance(60)
+    await backend.hit("short-new", short)
+    assert len(backend) == 1001  # the 1000 one-minute windows are gone
+    clock.advance(3600)
+    await backend.hit("long-new", long)
+    assert len(backend) == 1  # every expired window is gone, whatever its length
+
+
+async def test_live_keys_are_bounded(clock: FakeClock) -> None:
+    backend = MemoryBackend(clock=clock, max_keys=100)
+    policy = parse_policy("10/hour")
+    for i in range(1000):
+        clock.advance(0.001)
+        await backend.hit(f"k{i}", policy)
+        assert len(backend) <= 100
+    # The newest keys keep their counts; the oldest were dropped first.
+    assert (await backend.hit("k999", policy)).remaining == 8
+    assert (await backend.hit("k0", policy)).remaining == 9
+
+
+async def test_a_reopened_window_survives_its_old_expiry_entry(clock: FakeClock) -> None:
+    backend = MemoryBackend(clock=clock)
+    policy = parse_policy("3/minute")
+    await backend.hit("k", policy)
+    clock.advance(60)
+    await backend.hit("k", policy)
+    assert (await backend.hit("k", policy)).remaining == 1

@@ -1,0 +1,358 @@
+"""The Redis backend against the real Redis at 127.0.0.1:6379 (unique key prefix per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from stalwart.policies.rate_limit import STATS, RedisBackend, parse_policy
+from stalwart.policies.rate_limit.redis import logger as rate_limit_logger
+
+from .conftest import client_for, limited_app, new_redis
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+UNREACHABLE = "redis://127.0.0.1:1/0"
+LOGGER = rate_limit_logger.name
+
+
+def backend_on(redis: Redis, prefix: str, **kwargs: Any) -> RedisBackend:
+    return RedisBackend(redis, prefix=prefix, **kwargs)
+
+
+async def test_101st_request_in_window_is_429_and_first_after_window_is_200(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    async with client_for(limited_app(backend)) as client:
+        for i in range(100):
+            r = await client.get("/x")
+            assert r.status_code == 200, i
+            assert r.headers["ratelimit"].startswith(f'"100-in-15min";r={99 - i};t=')
+        r = await client.get("/x")
+        assert r.status_code == 429
+        assert r.json()["violated-policies"] == ["100-in-15min"]
+        assert r.headers["retry-after"] in ("899", "900")
+        # Move Redis's clock (inside the script) past the window instead of sleeping.
+        backend.clock_offset_ms = 900_000
+        r = await client.get("/x")
+        assert r.status_code == 200
+        assert r.headers["ratelimit"] == '"100-in-15min";r=99;t=900'
+
+
+async def test_exact_headers(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    async with client_for(limited_app(backend, "2/15minutes")) as client:
+        r = await client.get("/x")
+        assert r.headers["ratelimit-policy"] == '"2-in-15min";q=2;w=900'
+        assert r.headers["ratelimit"] == '"2-in-15min";r=1;t=900'
+        backend.clock_offset_ms = 100_500
+        r = await client.get("/x")
+        assert r.headers["ratelimit"] == '"2-in-15min";r=0;t=800'
+        r = await client.get("/x")
+        assert r.status_code == 429
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["ratelimit"] == '"2-in-15min";r=0;t=800'
+        assert r.headers["retry-after"] == "800"
+        assert r.json()["type"].endswith("/quota-exceeded")
+
+
+async def test_windows_follow_the_redis_clock(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    policy = parse_policy("5/15minutes")
+    await backend.hit("k", policy)
+    seconds, micros = await redis_client.time()
+    reset_ms = int(await redis_client.hget(key_prefix + "k", "r"))
+    redis_now_ms = seconds * 1000 + micros // 1000
+    assert 0 <= redis_now_ms + 900_000 - reset_ms < 2_000
+    ttl = await redis_client.pttl(key_prefix + "k")
+    assert 898_000 < ttl <= 900_000  # the key expires with its window
+
+
+async def test_two_app_instances_share_one_budget(key_prefix: str, redis_client: Redis) -> None:
+    other_client = new_redis()
+    try:
+        first = limited_app(backend_on(redis_client, key_prefix))
+        second = limited_app(backend_on(other_client, key_prefix))
+        async with client_for(first) as a, client_for(second) as b:
+            statuses = [(await (a if i % 2 else b).get("/x")).status_code for i in range(100)]
+            assert statuses == [200] * 100
+            assert (await a.get("/x")).status_code == 429
+            assert (await b.get("/x")).status_code == 429
+    finally:
+        await other_client.aclose()
+
+
+async def test_concurrent_burst_on_two_instances_never_exceeds_the_limit(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    other_client = new_redis()
+    try:
+        first = limited_app(backend_on(redis_client, key_prefix))
+        second = limited_app(backend_on(other_client, key_prefix))
+        async with client_for(first) as a, client_for(second) as b:
+            responses = await asyncio.gather(
+                *(c.get("/x") for _ in range(150) for c in (a, b))
+            )
+        assert Counter(r.status_code for r in responses) == {200: 100, 429: 200}
+        remaining = sorted(
+            int(r.headers["ratelimit"].split("r=")[1].split(";")[0])
+            for r in responses
+            if r.status_code == 200
+        )
+        assert remaining == list(range(100))
+    finally:
+        await other_client.aclose()
+
+
+async def test_concurrent_burst_from_many_clients(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    app = limited_app(backend, "10/minute")
+    clients = [client_for(app, f"198.51.100.{n}") for n in range(30)]
+    try:
+        per_client = await asyncio.gather(
+            *(asyncio.gather(*(c.get("/x") for _ in range(20))) for c in clients)
+        )
+    finally:
+        for c in clients:
+            await c.aclose()
+    for responses in per_client:
+        assert Counter(r.status_code for r in responses) == {200: 10, 429: 10}
+    assert (backend.hits, backend.rejections) == (600, 300)
+
+
+async def test_concurrent_hits_share_round_trips(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    calls: list[int] = []
+    evaluate = backend._evaluate
+
+    async def counting(batch: Any) -> Any:
+        calls.append(sum(n for _, _, n in batch))
+        return await evaluate(batch)
+
+    backend._evaluate = counting  # type: ignore[method-assign]
+    app = limited_app(backend, "1000/minute")
+    clients = [client_for(app, f"198.51.100.{n}") for n in range(10)]
+    try:
+        responses = await asyncio.gather(*(c.get("/x") for _ in range(30) for c in clients))
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert all(r.status_code == 200 for r in responses)
+    assert sum(calls) == 300
+    assert len(calls) <= 5, calls  # one pipeline per batch, not one round trip per request
+
+
+async def test_script_is_reloaded_after_noscript(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    policy = parse_policy("3/minute")
+    assert (await backend.hit("k", policy)).remaining == 2
+    backend._sha = "0" * 40  # as after a Redis restart or SCRIPT FLUSH
+    decision = await backend.hit("k", policy)
+    assert (decision.allowed, decision.remaining, decision.degraded) == (True, 1, False)
+    assert backend._sha != "0" * 40
+    assert backend.errors == 0
+
+
+async def test_hit_is_usable_from_a_route(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    policy = parse_policy("5/15minutes")
+    results = [await backend.hit("account:abc", policy) for _ in range(6)]
+    assert [d.remaining for d in results] == [4, 3, 2, 1, 0, 0]
+    assert [d.allowed for d in results] == [True] * 5 + [False]
+    assert await redis_client.exists(key_prefix + "account:abc") == 1
+
+
+async def test_redis_down_fails_open_with_one_logged_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    redis = new_redis(UNREACHABLE, timeout=0.3)
+    backend = RedisBackend(redis, prefix="unused:", timeout=0.3)
+    before = STATS.errors
+    try:
+        async with client_for(limited_app(backend, "2/minute")) as client:
+            started = time.monotonic()
+            responses = [await client.get("/x") for _ in range(20)]
+            elapsed = time.monotonic() - started
+    finally:
+        await redis.aclose()
+    assert [r.status_code for r in responses] == [200] * 20
+    assert all(r.headers["ratelimit-policy"] == '"2-in-1min";q=2;w=60' for r in responses)
+    assert all("ratelimit" not in r.headers for r in responses)
+    assert elapsed < 2.0
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+    assert records == [
+        (
+            "ERROR",
+            "rate limit backend unreachable (ConnectionError); allowing requests until it recovers",
+        )
+    ]
+    assert backend.errors == 20
+    assert STATS.errors - before >= 20
+    assert backend.down
+
+
+async def test_redis_down_fail_closed_answers_503_problem() -> None:
+    redis = new_redis(UNREACHABLE, timeout=0.3)
+    backend = RedisBackend(redis, prefix="unused:", timeout=0.3, fail_open=False)
+    try:
+        async with client_for(limited_app(backend)) as client:
+            r = await client.get("/x")
+            r2 = await client.get("/x")
+    finally:
+        await redis.aclose()
+    for response in (r, r2):
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["type"].endswith("/service-unavailable")
+        assert "violated-policies" not in response.json()
+        assert "127.0.0.1" not in response.text
+
+
+class Blackhole:
+    """A TCP server that accepts and never answers: a hung Redis."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+        self.release = asyncio.Event()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        await self.release.wait()
+        writer.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.close()
+        await self.server.wait_closed()
+        await asyncio.sleep(0)
+        for writer in self.writers:
+            writer.close()
+
+
+async def test_hung_redis_costs_one_timeout_not_a_hang(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    async with Blackhole() as url:
+        redis = new_redis(url, timeout=5.0)  # the backend's own timeout must cut it short
+        backend = RedisBackend(redis, prefix="unused:", timeout=0.2, retry_interval=30)
+        try:
+            async with client_for(limited_app(backend)) as client:
+                started = time.monotonic()
+                statuses = [(await client.get("/x")).status_code for _ in range(10)]
+                elapsed = time.monotonic() - started
+        finally:
+            await redis.aclose()
+    assert statuses == [200] * 10
+    assert elapsed < 1.5  # one 0.2 s timeout, then no Redis until the retry interval
+    errors = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert errors == [
+        "rate limit backend unreachable (TimeoutError); allowing requests until it recovers"
+    ]
+
+
+class Proxy:
+    """A TCP relay to the real Redis that can be taken down and brought back on the same port."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        self.writers |= {writer, up_writer}
+        for task in (
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ):
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_recovers_when_redis_returns(
+    redis_client: Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    proxy = Proxy()
+    url = await proxy.start()
+    redis = new_redis(url, timeout=0.3)
+    backend = RedisBackend(redis, prefix=key_prefix, timeout=0.3, retry_interval=0.0)
+    try:
+        async with client_for(limited_app(backend, "5/minute")) as client:
+            first = await client.get("/x")
+            assert first.headers["ratelimit"] == '"5-in-1min";r=4;t=60'
+            await proxy.stop()
+            during = [await client.get("/x") for _ in range(3)]
+            assert [r.status_code for r in during] == [200, 200, 200]
+            assert all("ratelimit" not in r.headers for r in during)
+            assert backend.down
+            await proxy.start()
+            after = await client.get("/x")
+            assert after.status_code == 200
+            # Counting resumes where it stopped: the outage hits were not counted.
+            assert after.headers["ratelimit"].startswith('"5-in-1min";r=3;t=')
+            assert not backend.down
+    finally:
+        await redis.aclose()
+        await proxy.stop()
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+    assert messages == [
+        (
+            "ERROR",
+            "rate limit backend unreachable (ConnectionError); allowing requests until it recovers",
+        ),
+        ("INFO", "rate limit backend recovered; counting in Redis again"),
+    ]
+    assert backend.errors == 3
+
+
+async def test_backend_close_waits_for_in_flight_hits(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    policy = parse_policy("10/minute")
+    tasks = [asyncio.create_task(backend.hit("k", policy)) for _ in range(5)]
+    await asyncio.sleep(0)
+    await backend.aclose()
+    decisions = await asyncio.gather(*tasks)
+    assert sorted(d.remaining for d in decisions) == [5, 6, 7, 8, 9]
+
+

@@ -1,0 +1,85 @@
+"""Every error is RFC 9457 problem+json with a request id; a 500 says nothing of its cause."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from stalwart.app import create_app
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "request_id"}
+
+
+def _assert_problem(r: httpx.Response, status: int) -> dict[str, object]:
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/problem+json"
+    body: dict[str, object] = r.json()
+    assert PROBLEM_KEYS <= set(body)
+    assert body["status"] == status
+    return body
+
+
+async def test_unknown_path_is_404_problem(client: httpx.AsyncClient) -> None:
+    body = _assert_problem(await client.get("/no/such/path"), 404)
+    assert body["type"] == "/problems/not-found"
+    assert body["instance"] == "/no/such/path"
+
+
+async def test_wrong_method_is_405_problem(client: httpx.AsyncClient) -> None:
+    r = await client.put("/api/v1/notes")
+    _assert_problem(r, 405)
+    assert r.headers["allow"]
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/api/v1/accounts", content=b'{"email": ', headers={"content-type": "application/json"}
+    )
+    body = _assert_problem(r, 400)
+    assert body["type"] == "/problems/malformed-json"
+
+
+async def test_validation_error_is_422_with_pointers(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/accounts", json={"email": "x", "password": "p"})
+    body = _assert_problem(r, 422)
+    pointers = {e["pointer"] for e in body["errors"]}  # type: ignore[attr-defined]
+    assert pointers == {"/email", "/password", "/display_name"}
+
+
+def _boom_app(tmp_path: Path, **overrides: object) -> FastAPI:
+    settings = make_settings(tmp_path, **overrides)
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("database password=hunter2 at /srv/secret/path.py")
+
+    return app
+
+
+async def test_unhandled_exception_is_500_without_cause(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _boom_app(tmp_path)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=transport, base_url="http://t"
+    ) as c:
+        with caplog.at_level(logging.ERROR, logger="stalwart.errors"):
+            r = await c.get("/boom", headers={"X-Request-ID": "req-boom-1"})
+    body = _assert_problem(r, 500)
+    assert "hunter2" not in r.text
+    assert "RuntimeError" not in r.text
+    assert "/srv/secret" not in r.text
+    assert "Traceback" not in r.text
+    records = [rec for rec in caplog.records if rec.name == "stalwart.errors"]
+    assert len(records) == 1
+    assert records[0].exc_info is not None
+    assert body["request_id"] == getattr(records[0], "request.id")

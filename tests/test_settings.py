@@ -1,0 +1,77 @@
+"""Production refuses to start on an unsafe configuration, one clear line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stalwart.app import UnsafeConfiguration, create_app
+from stalwart.settings import Settings, production_problems
+
+SAFE: dict[str, Any] = {
+    "env": "production",
+    "secret_key": "s" * 48,
+    "cors_origins": "https://app.example.com",
+    "database_url": "postgresql+asyncpg://app@db.internal/app",
+}
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(_env_file=None, **{**SAFE, **overrides})  # type: ignore[call-arg]
+
+
+def test_safe_production_configuration_has_no_problems() -> None:
+    assert production_problems(_settings()) == []
+    create_app(_settings())  # does not raise
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"secret_key": ""}, "STALWART_SECRET_KEY is unset or the development default"),
+        ({"secret_key": "dev-insecure-secret-key-change-me"}, "STALWART_SECRET_KEY is unset or the development default"),
+        ({"secret_key": "short"}, "STALWART_SECRET_KEY is shorter than 32 characters"),
+        ({"debug": True}, "STALWART_DEBUG is on"),
+        ({"cors_origins": ""}, "STALWART_CORS_ORIGINS is empty"),
+        ({"cors_origins": "*"}, "STALWART_CORS_ORIGINS has a wildcard (*)"),
+        ({"cors_origins": "https://*.example.com"}, "STALWART_CORS_ORIGINS has a wildcard"),
+        ({"cors_origins": "http://app.example.com"}, "STALWART_CORS_ORIGINS has a non-HTTPS origin"),
+        ({"database_url": "sqlite+aiosqlite:////tmp/app.db"}, "points into a temporary folder"),
+        ({"database_url": "sqlite+aiosqlite:///:memory:"}, "in-memory SQLite"),
+        ({"log_level": "DEBUG"}, "STALWART_LOG_LEVEL is DEBUG"),
+        ({"https_redirect": False}, "STALWART_HTTPS_REDIRECT is off"),
+        ({"argon2_memory_kib": 64}, "below OWASP's minimum"),
+    ],
+)
+def test_each_unsafe_setting_refuses_start(overrides: dict[str, Any], message: str) -> None:
+    settings = _settings(**overrides)
+    problems = production_problems(settings)
+    assert len(problems) == 1
+    assert message in problems[0]
+    with pytest.raises(UnsafeConfiguration) as info:
+        create_app(settings)
+    assert info.value.problems == problems
+
+
+def test_several_problems_are_all_named() -> None:
+    problems = production_problems(_settings(secret_key="", debug=True, cors_origins=""))
+    assert len(problems) == 3
+
+
+def test_development_is_not_checked(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, env="development", data_dir=tmp_path)  # type: ignore[call-arg]
+    assert production_problems(settings) == []
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STALWART_ENV", "production")
+    monkeypatch.setenv("STALWART_CORS_ORIGINS", "https://a.example.com, https://b.example.com")
+    monkeypatch.setenv("STALWART_TRUSTED_PROXIES", "10.0.0.0/8,::1")
+    monkeypatch.setenv("STALWART_RATE_LIMIT", "50/minute")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.is_production
+    assert s.cors_origins == ["https://a.example.com", "https://b.example.com"]
+    assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    assert s.rate_limit == "50/minute"
