@@ -138,8 +138,7 @@ def test_json_redacts_message_args_and_extras() -> None:
     assert TOKEN not in text
     line = orjson.loads(text)
     assert line["message"] == (
-        f"login attempt {{'email': 'a@b.c', 'password': {REDACTED}}} "
-        f"with Authorization: {REDACTED}"
+        f"login attempt {{'email': 'a@b.c', 'password': {REDACTED}}} with Authorization: {REDACTED}"
     )
     assert line["body"] == {"password": REDACTED, "nested": {"access_token": REDACTED}}
     assert line["url"] == f"/cb?token={REDACTED}&state=1"

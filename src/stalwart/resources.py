@@ -5,13 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from starlette.requests import Request
 
 from stalwart.credentials import Passwords
 from stalwart.data.engine import Database
+from stalwart.monitoring.service import Monitoring
 from stalwart.settings import Settings
+
+if TYPE_CHECKING:
+    from stalwart.ops.scheduler import Lifecycle
 
 __all__ = ["Resources"]
 
@@ -26,6 +31,10 @@ class Resources:
     # Set by the graceful-shutdown server when a signal arrives: readiness turns 503 at once.
     shutting_down: bool = False
     login_limiter: Callable[[str, Request], Awaitable[None]] | None = None
+    # Data lifecycle (stalwart.ops.scheduler): scheduled purge and backups, admin backups.
+    lifecycle: Lifecycle | None = None
+    # Health checks, request metrics, alerts and their background tasks (stalwart.monitoring).
+    monitoring: Monitoring | None = None
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -38,7 +47,10 @@ class Resources:
                 socket_connect_timeout=settings.redis_timeout,
                 health_check_interval=30,
             )
-        return cls(settings=settings, db=Database(settings), redis=redis, passwords=Passwords(settings))
+        return cls(
+            settings=settings, db=Database(settings), redis=redis, passwords=Passwords(settings),
+            monitoring=Monitoring(settings),
+        )
 
     async def check_login_budget(self, email: str, request: Request) -> None:
         """Per-account login budget against password guessing (raises 429 when spent)."""
@@ -48,8 +60,22 @@ class Resources:
 
     async def start(self) -> None:
         await self.db.start()
+        if self.monitoring is not None:
+            await self.monitoring.start(self)
+        # --- data lifecycle hook (stalwart.ops.scheduler) ---
+        from stalwart.ops.scheduler import Lifecycle
+
+        self.lifecycle = Lifecycle(self)
+        await self.lifecycle.start()
+        # --- end data lifecycle hook ---
 
     async def close(self) -> None:
+        # --- data lifecycle hook: stop the jobs before the database closes ---
+        if self.lifecycle is not None:
+            await self.lifecycle.close()
+        # --- end data lifecycle hook ---
+        if self.monitoring is not None:
+            await self.monitoring.stop()
         await self.db.close()
         if self.redis is not None:
             await self.redis.aclose()

@@ -254,7 +254,12 @@ class GracefulMultiprocess(Multiprocess):
         self.stop_signals += 1
         name = signal.Signals(sig).name
         if self.stop_signals == 1:
-            logger.info("%s received: draining %d workers", name, len(self.processes))
+            logger.info(
+                "%s received: draining %d workers",
+                name,
+                len(self.processes),
+                extra={"process.pid": os.getpid()},
+            )
             self.should_exit.set()
             self._forward(signal.SIGTERM)
             # The workers hold their own copies; the port refuses connections once the last
@@ -262,7 +267,11 @@ class GracefulMultiprocess(Multiprocess):
             for sock in self.sockets:
                 sock.close()
         else:
-            logger.warning("%s received again: forcing the workers to exit", name)
+            logger.warning(
+                "%s received again: forcing the workers to exit",
+                name,
+                extra={"process.pid": os.getpid()},
+            )
             self.forced = True
             self._forward(signal.SIGTERM)
 

@@ -115,6 +115,17 @@ class Settings(BaseSettings):
     alert_5xx_rate: float = 0.05
     alert_p95_ms: float = 500.0
     alert_loop_lag_ms: float = 250.0
+    # Rate and latency alerts wait for this many requests in their 1-minute window.
+    alert_min_requests: int = Field(default=20, ge=1)
+    alert_eval_seconds: float = Field(default=5.0, gt=0)
+    monitor_sample_seconds: float = Field(default=1.0, gt=0)
+    # How workers and instances share their figures: "auto" is Redis when redis_url is set,
+    # else a folder (metrics_dir, default data_dir/metrics) on this host; "off": this process only.
+    metrics_share: Literal["auto", "redis", "folder", "off"] = "auto"
+    metrics_dir: Path | None = None
+    metrics_key_prefix: str = "stalwart:metrics:"
+    metrics_publish_seconds: float = Field(default=2.0, gt=0)
+    metrics_stale_seconds: float = Field(default=10.0, gt=0)
 
     # --- deployment ----------------------------------------------------------------------------
     shutdown_drain_seconds: float = Field(default=0.0, ge=0)
@@ -136,6 +147,13 @@ class Settings(BaseSettings):
     retention_backups_days: int = 30
     purge_interval_hours: float = 24.0  # 0: no scheduled purge
     token_ttl_hours: int = Field(default=24 * 30, ge=1)
+    backup_verify: bool = True  # restore each new archive into a scratch database
+    # Kept apart from the database and its backups; None: data_dir / "erasures" / "ledger.jsonl".
+    erasure_ledger_path: Path | None = None
+    # Who may run a scheduled job: auto = PostgreSQL advisory lock, else a file lock in data_dir.
+    scheduler_lock: Literal["auto", "postgres", "redis", "file"] = "auto"
+    scheduler_lock_prefix: str = "stalwart:lock:"  # Redis keys, distinct per deployment
+    scheduler_start_delay_seconds: float = Field(default=300.0, ge=0)
 
     # --- authentication ------------------------------------------------------------------------
     # argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.

@@ -29,7 +29,7 @@ PREFLIGHT_VARY = (
 
 def settings(**values: Any) -> Settings:
     values.setdefault("cors_origins", ORIGIN)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 class Calls:

@@ -63,7 +63,7 @@ def security_headers(response: httpx.Response) -> dict[str, str]:
 
 
 def settings(**values: Any) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 async def html(request: Request) -> Response:

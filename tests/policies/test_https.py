@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,13 +18,14 @@ from starlette.websockets import WebSocket
 
 from stalwart.policies.https import HTTPSRedirectMiddleware, https_redirect_middleware
 from stalwart.policies.proxies import ProxyHeadersMiddleware
+from stalwart.policies.stack import install_policies
 from stalwart.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
 
 def settings(**values: Any) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 async def endpoint(request: Request) -> Response:
@@ -136,7 +138,10 @@ async def test_forwarded_proto_believed_from_trusted_proxy_only() -> None:
 async def websocket(scheme: str) -> list[Message]:
     """Drive the middleware with a raw websocket scope; what it sends back."""
     sent: list[Message] = []
-    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+    incoming: list[Message] = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
 
     async def receive() -> Message:
         return incoming.pop(0)
@@ -176,7 +181,8 @@ def test_on_in_production_only_by_default() -> None:
     assert https_redirect_middleware(settings(env="test")) is None
     production = https_redirect_middleware(settings(env="production"))
     assert production is not None
-    assert production.cls is HTTPSRedirectMiddleware
+    factory: object = production.cls
+    assert factory is HTTPSRedirectMiddleware
     forced = https_redirect_middleware(settings(env="development", https_redirect=True))
     assert forced is not None
 
@@ -191,3 +197,44 @@ async def test_problem_body_is_exact() -> None:
         "instance": "/notes",
         "request_id": None,
     }
+
+
+async def test_production_stack_redirects_and_sends_hsts_over_https_only() -> None:
+    """Slots 1, 4 and 6 together: the 308 carries the headers but no HSTS; HTTPS gets HSTS."""
+    app = FastAPI()
+
+    @app.get("/api/x")
+    async def x() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    config = settings(
+        env="production",
+        trusted_proxies="10.0.0.0/8",
+        rate_limit_backend="memory",
+        access_log=False,
+    )
+    install_policies(app, config)
+    redirect = await request(app, "GET", "http://api.example.com/api/x")
+    assert redirect.status_code == 308
+    assert redirect.headers["location"] == "https://api.example.com/api/x"
+    assert redirect.headers["x-content-type-options"] == "nosniff"
+    assert (
+        redirect.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    )
+    assert "strict-transport-security" not in redirect.headers
+    probe = await request(app, "GET", "http://10.0.0.5/health", peer="10.0.0.2")
+    assert probe.status_code == 200
+    assert "strict-transport-security" not in probe.headers
+    proxied = await request(
+        app,
+        "GET",
+        "http://api.example.com/api/x",
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"},
+        peer="10.0.0.2",
+    )
+    assert proxied.status_code == 200
+    assert proxied.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"

@@ -243,7 +243,7 @@ def test_arbitrary_header_values_never_raise(values: list[str], family: str) -> 
         for header in ("x-forwarded", "forwarded"):
             client, scheme = await resolve(
                 [(family, value) for value in values],
-                header=header,  # type: ignore[arg-type]
+                header=header,
             )
             assert scheme in ("http", "https")
             assert client[0] == "10.0.0.1" or parse_host_port(client[0]) is not None
@@ -256,7 +256,7 @@ async def test_through_a_real_app_and_settings() -> None:
         assert request.client is not None
         return JSONResponse({"ip": request.client.host, "scheme": request.url.scheme})
 
-    config = Settings(_env_file=None, trusted_proxies="10.0.0.0/8,192.168.0.0/16")  # type: ignore[call-arg]
+    config = Settings(_env_file=None, trusted_proxies="10.0.0.0/8,192.168.0.0/16")
     app = Starlette(routes=[Route("/", whoami)], middleware=[proxy_headers_middleware(config)])
     headers = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
     for peer, expected in [
@@ -269,7 +269,8 @@ async def test_through_a_real_app_and_settings() -> None:
 
 
 def test_middleware_factory_uses_settings() -> None:
-    config = Settings(_env_file=None, trusted_proxies="10.0.0.0/8", proxy_headers="forwarded")  # type: ignore[call-arg]
+    config = Settings(_env_file=None, trusted_proxies="10.0.0.0/8", proxy_headers="forwarded")
     middleware = proxy_headers_middleware(config)
-    assert middleware.cls is ProxyHeadersMiddleware
+    factory: object = middleware.cls
+    assert factory is ProxyHeadersMiddleware
     assert middleware.kwargs == {"trusted_proxies": config.trusted_proxies, "header": "forwarded"}

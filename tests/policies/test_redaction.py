@@ -45,6 +45,15 @@ R = REDACTED
             f"[(b'host', b'x'), (b'authorization', {R}), (b'x-api-key', {R})]",
         ),
         ("passwd=abc PASSWORD=DEF", f"passwd={R} PASSWORD={R}"),
+        ("KeyError: 'stw_AbC-12_xyzLMNOP'", f"KeyError: 'stw_{R}'"),
+        (
+            "(sqlite3.OperationalError) no such table: accounts\n"
+            "[SQL: SELECT id FROM accounts WHERE email = ?]\n"
+            "[parameters: ('alice@example.com',)]\n(Background on this error at: x)",
+            "(sqlite3.OperationalError) no such table: accounts\n"
+            "[SQL: SELECT id FROM accounts WHERE email = ?]\n"
+            f"[parameters: {R}]\n(Background on this error at: x)",
+        ),
         ("nothing to see here", "nothing to see here"),
         ("token bucket refilled: 5 left", "token bucket refilled: 5 left"),
         ("", ""),
@@ -107,6 +116,14 @@ def test_redact_mapping_recursively() -> None:
         "absent_secret": None,
         7: "seven",
     }
+
+
+def test_token_prefix_matches_the_credentials_module() -> None:
+    from stalwart.credentials import TOKEN_PREFIX, new_token
+
+    assert TOKEN_PREFIX == "stw_"
+    token = new_token()
+    assert redact_text(f"oops {token} leaked") == f"oops stw_{R} leaked"
 
 
 def test_redact_leaves_other_values_alone() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 from collections.abc import Callable
@@ -521,6 +522,17 @@ def test_writer_survives_a_broken_stream() -> None:
 
     writer = AccessLogWriter(Broken())
     writer.write(b"lost\n")  # no exception: a dead stdout must not fail requests
+
+
+def test_default_writer_targets_the_current_sys_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    writer = AccessLogWriter()
+    print("before", end="")  # an unfinished text line is flushed ahead of ours
+    writer.write(b'{"n":1}\n')
+    assert capsys.readouterr().out == 'before{"n":1}\n'
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        writer.write(b'{"n":2}\n')
+    assert text.getvalue() == '{"n":2}\n'
 
 
 async def test_end_to_end_through_the_writer() -> None:

@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from stalwart.api import accounts, admin, auth, docs, me, notes, probes
+from stalwart.api import accounts, admin, auth, dashboard, docs, health, me, monitor, notes
 
 __all__ = ["router"]
 
 router = APIRouter()
-for _module in (probes, accounts, auth, me, notes, admin, docs):
+for _module in (health, accounts, auth, me, notes, admin, docs, monitor, dashboard):
     router.include_router(_module.router)

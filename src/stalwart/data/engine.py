@@ -11,11 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from stalwart.data.reads import AsyncpgReads, ReadPath, SQLAlchemyReads
 from stalwart.settings import Settings
 
-__all__ = ["Database", "DatabaseUnavailable"]
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot serve the request now (down, or the pool is exhausted)."""
+__all__ = ["Database"]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -34,13 +30,14 @@ class Database:
         self.url = make_url(url or settings.effective_database_url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.is_postgres = self.url.get_backend_name() == "postgresql"
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            "pool_size": settings.db_pool_size,
+            "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout,
+            "pool_recycle": settings.db_pool_recycle,
+        }
         if self.is_postgres:
             kwargs.update(
-                pool_size=settings.db_pool_size,
-                max_overflow=settings.db_max_overflow,
-                pool_timeout=settings.db_pool_timeout,
-                pool_recycle=settings.db_pool_recycle,
                 pool_pre_ping=True,
                 connect_args={
                     "timeout": settings.db_pool_timeout,

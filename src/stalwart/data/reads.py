@@ -8,6 +8,7 @@ are compiled once at start-up and run directly on an asyncpg pool.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
@@ -18,6 +19,7 @@ from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from stalwart.data.errors import DatabaseUnavailable
 from stalwart.data.models import Account, Note, NoteTag, Token
 from stalwart.data.types import utcnow
 from stalwart.settings import Settings
@@ -202,17 +204,31 @@ class AsyncpgReads:
 
         self.pool = await asyncpg.create_pool(
             self.dsn,
-            min_size=1,
+            # No connection at start-up: the service starts (and reports 503) with the database down.
+            min_size=0,
             max_size=self.settings.db_pool_size,
             timeout=self.settings.db_pool_timeout,
-            command_timeout=self.settings.db_statement_timeout_ms / 1000 or None,
-            server_settings={"application_name": self.settings.service_id + "-reads"},
+            # Enforced by the server: no client-side timer per query.
+            server_settings={
+                "application_name": self.settings.service_id + "-reads",
+                "statement_timeout": str(self.settings.db_statement_timeout_ms),
+            },
         )
 
     async def _fetch(self, compiled: _Compiled, params: dict[str, Any]) -> list[Any]:
         args = [params[name] for name in compiled.names]
-        async with self.pool.acquire(timeout=self.settings.db_pool_timeout) as conn:
+        pool = self.pool
+        # asyncpg runs a timed acquire (and then its release) through wait_for, a new task
+        # each; asyncio.timeout bounds the wait with one timer and no task.
+        try:
+            async with asyncio.timeout(self.settings.db_pool_timeout):
+                conn = await pool.acquire()
+        except (TimeoutError, OSError) as exc:
+            raise DatabaseUnavailable("no database connection available") from exc
+        try:
             return list(await conn.fetch(compiled.sql, *args))
+        finally:
+            await pool.release(conn)
 
     async def principal(self, token_hash: str) -> Principal | None:
         rows = await self._fetch(self.token_sql, {"token_hash": token_hash, "now": utcnow()})

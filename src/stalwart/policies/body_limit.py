@@ -18,7 +18,7 @@
   the app's JSON parser never sees a document deeper than the limit. A body deeper than
   the limit gets a 400 problem (`/problems/json-too-deep`): it is refused before parsing,
   like malformed JSON. The scan counts `[`/`{` outside strings with C-speed bytes
-  operations only (strings removed by one regex, then bracket pairs peeled level by level),
+  operations only (escapes and strings removed by regex, bracket pairs peeled level by level),
   and is skipped when the body holds no more brackets than the limit.
 """
 
@@ -36,9 +36,11 @@ from stalwart.settings import Settings
 
 __all__ = ["BodyLimitMiddleware", "BodyTooLarge", "body_limit_middleware", "json_depth_exceeds"]
 
-# A JSON string, or an unterminated one up to the end: each byte is consumed once, so the
-# scan is linear whatever the input (no retry from every quote of a hostile body).
-_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+# Escapes go first, so that a string is then just quote to quote; an unterminated string runs
+# to the end. Both patterns consume each byte once: linear whatever the input, no retry from
+# every quote of a hostile body.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*+"?')
 _BRACKETS = b"[]{}"
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
 _FOLD = bytes.maketrans(b"{}", b"[]")
@@ -57,6 +59,8 @@ def json_depth_exceeds(body: bytes, max_depth: int) -> bool:
     """True when `body` nests arrays/objects deeper than `max_depth` (strings ignored)."""
     if body.count(b"[") + body.count(b"{") <= max_depth:
         return False
+    if b"\\" in body:
+        body = _ESCAPE.sub(b"", body)
     brackets = _STRING.sub(b"", body).translate(_FOLD, _NOT_BRACKETS)
     # Each pass removes the innermost pairs, so one nesting level: pairs left after
     # `max_depth` passes sit deeper than the limit.

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stalwart.data.errors import UNAVAILABLE_ERRORS
 from stalwart.policies.problem import PROBLEM_CONTENT_TYPE, problem_body, problem_type, send_problem
 from stalwart.settings import Settings
 
@@ -94,9 +95,25 @@ async def _validation_exception(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    logger.error(
+        "database unavailable: %s", type(exc).__name__,
+        extra={"request.id": getattr(request.state, "request_id", None), "url.path": request.url.path},
+    )
+    return ProblemResponse(
+        request,
+        503,
+        title="Service Unavailable",
+        detail="A dependency is unavailable. Retry after the delay in Retry-After.",
+        headers={"Retry-After": "2"},
+    )
+
+
 def install_error_handlers(app: Starlette, settings: Settings) -> None:
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_exception)
+    for exc_type in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(exc_type, _unavailable)
 
 
 class ErrorMiddleware:

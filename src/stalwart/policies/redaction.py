@@ -6,7 +6,9 @@ sensitive when their name contains one of `SENSITIVE_WORDS` (so `new_password`,
 `access_token`, `x-api-key`, `set-cookie` are all covered). Free text is scanned for
 `key=value`, `key: value`, `"key": "value"`, `('key', 'value')`, `Bearer xxx` / `Basic xxx`, and
 for the input values pydantic and FastAPI echo in validation errors (`input_value=...`,
-`'input': ...`), which may be a password whatever the field is called.
+`'input': ...`), which may be a password whatever the field is called, for our prefixed bearer
+tokens (`stw_...`) wherever they appear, and for the bound parameters SQLAlchemy appends to
+its error messages (`[parameters: ...]`: emails, hashes).
 
 The access log needs none of this: it never carries headers (except the user agent) nor query
 values, so redaction stays off the per-request hot path.
@@ -49,12 +51,19 @@ SENSITIVE_WORDS: tuple[str, ...] = (
 _SENSITIVE_KEY = re.compile("|".join(re.escape(word) for word in SENSITIVE_WORDS), re.IGNORECASE)
 
 # Cheap pre-check: text with none of these substrings cannot hold anything to redact.
+_HINT_WORDS = ("bearer", "basic", "input", "stw_", "parameters")
 _HINT = re.compile(
-    "|".join([*(re.escape(word) for word in SENSITIVE_WORDS), "bearer", "basic", "input"]),
-    re.IGNORECASE,
+    "|".join([*(re.escape(word) for word in SENSITIVE_WORDS), *_HINT_WORDS]), re.IGNORECASE
 )
 
 _CREDENTIAL_SCHEME = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+
+# Our bearer tokens carry a prefix (stalwart.credentials.TOKEN_PREFIX) precisely so they can be
+# recognised anywhere, even with no key in front of them.
+_PREFIXED_TOKEN = re.compile(r"\bstw_[A-Za-z0-9_\-]{8,}")
+
+# SQLAlchemy error messages end with the statement's bound values (emails, hashes...).
+_SQL_PARAMETERS = re.compile(r"\[parameters: [^\n]*")
 
 # pydantic's ValidationError text: `[type=..., input_value=<repr>, input_type=...]`.
 _PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=)")
@@ -161,6 +170,10 @@ def redact_text(text: str) -> str:
     """`text` with every recognisable secret value replaced by `REDACTED`."""
     if not text or _HINT.search(text) is None:
         return text
+    if "stw_" in text:
+        text = _PREFIXED_TOKEN.sub("stw_" + REDACTED, text)
+    if "[parameters: " in text:
+        text = _SQL_PARAMETERS.sub("[parameters: " + REDACTED + "]", text)
     if "input" in text:
         text = _PYDANTIC_INPUT.sub("input_value=" + REDACTED, text)
         text = _redact_inputs(text)

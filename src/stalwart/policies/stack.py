@@ -11,8 +11,14 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from stalwart.policies.body_limit import body_limit_middleware
 from stalwart.policies.compression import CompressionMiddleware
+from stalwart.policies.cors import cors_middleware
 from stalwart.policies.errors import ErrorMiddleware, install_error_handlers
+from stalwart.policies.headers import security_headers_middleware
+from stalwart.policies.https import https_redirect_middleware
+from stalwart.policies.metrics import metrics_middleware
+from stalwart.policies.proxies import proxy_headers_middleware
 from stalwart.policies.rate_limit import rate_limit_middleware
 from stalwart.policies.request_log import RequestLogMiddleware
 from stalwart.policies.shutdown import ShutdownMiddleware
@@ -28,6 +34,7 @@ def policy_middleware(settings: Settings, resources: Any = None) -> list[Middlew
     """
     stack: list[Middleware] = []
     # 1. client address and scheme from trusted proxies only (policies/proxies.py)
+    stack.append(proxy_headers_middleware(settings))
     # 2. request id + one access-log line per request (policies/request_log.py)
     stack.append(
         Middleware(
@@ -37,15 +44,22 @@ def policy_middleware(settings: Settings, resources: Any = None) -> list[Middlew
         )
     )
     # 3. metrics: counters and latency per route template (policies/metrics.py)
+    if (metrics := metrics_middleware(settings, resources)) is not None:
+        stack.append(metrics)
     # 4. security headers on every response, errors included (policies/headers.py)
+    stack.append(security_headers_middleware(settings))
     stack.append(Middleware(ErrorMiddleware, debug=settings.debug and not settings.is_production))
     # 6. HTTPS only in production (policies/https.py)
+    if (https_redirect := https_redirect_middleware(settings)) is not None:
+        stack.append(https_redirect)
     # 7. graceful shutdown: Connection: close while draining (policies/shutdown.py)
     stack.append(Middleware(ShutdownMiddleware))
     # 8. CORS (policies/cors.py)
+    stack.append(cors_middleware(settings))
     # 9. rate limiting (policies/rate_limit/)
     stack.append(rate_limit_middleware(settings, resources))
     # 10. body size limit, content type (policies/body_limit.py)
+    stack.append(body_limit_middleware(settings))
     # 11. compression (policies/compression.py)
     stack.append(Middleware(CompressionMiddleware, minimum_size=settings.compression_min_size))
     return stack

@@ -220,11 +220,11 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | bool | None:
             return False
         return max(size - length, 0), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
-        return None
+    if last and int(last) < start:
+        return None  # invalid syntax: ignored, like any unreadable Range
     if start >= size:
         return False
+    end = int(last) if last else size - 1
     return start, min(end, size - 1)
 
 

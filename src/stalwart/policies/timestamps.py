@@ -9,6 +9,7 @@ __all__ = ["utc_timestamp"]
 # The formatted second changes once a second; requests in the same second reuse it, which
 # saves the strftime (the bulk of the cost) on a busy server.
 _cached: tuple[int, str] = (-1, "")
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def utc_timestamp(created: float) -> str:
@@ -19,5 +20,4 @@ def utc_timestamp(created: float) -> str:
     if cached_seconds != seconds:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _cached = (seconds, prefix)
-    millis = int((created - seconds) * 1000)
-    return f"{prefix}.{millis:03d}Z"
+    return prefix + _MILLIS[int((created - seconds) * 1000)]

@@ -115,7 +115,12 @@ async def test_exempt_paths_are_a_constructor_argument(clock: FakeClock) -> None
 async def test_ipv6_clients_are_keyed_by_their_56(clock: FakeClock) -> None:
     app = limited_app(MemoryBackend(clock=clock), "2/minute")
     statuses = []
-    for ip in ("2001:db8:1:100::1", "2001:db8:1:1ff::2", "2001:db8:1:1aa:1:2:3:4", "2001:db8:1:200::1"):
+    for ip in (
+        "2001:db8:1:100::1",
+        "2001:db8:1:1ff::2",
+        "2001:db8:1:1aa:1:2:3:4",
+        "2001:db8:1:200::1",
+    ):
         async with client_for(app, ip) as client:
             statuses.append((await client.get("/x")).status_code)
     # The first three share 2001:db8:1:100::/56; the fourth is the next /56.

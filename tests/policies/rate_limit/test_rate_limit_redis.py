@@ -97,9 +97,7 @@ async def test_concurrent_burst_on_two_instances_never_exceeds_the_limit(
         first = limited_app(backend_on(redis_client, key_prefix))
         second = limited_app(backend_on(other_client, key_prefix))
         async with client_for(first) as a, client_for(second) as b:
-            responses = await asyncio.gather(
-                *(c.get("/x") for _ in range(150) for c in (a, b))
-            )
+            responses = await asyncio.gather(*(c.get("/x") for _ in range(150) for c in (a, b)))
         assert Counter(r.status_code for r in responses) == {200: 100, 429: 200}
         remaining = sorted(
             int(r.headers["ratelimit"].split("r=")[1].split(";")[0])
@@ -157,6 +155,21 @@ async def test_script_is_reloaded_after_noscript(redis_client: Redis, key_prefix
     decision = await backend.hit("k", policy)
     assert (decision.allowed, decision.remaining, decision.degraded) == (True, 1, False)
     assert backend._sha != "0" * 40
+    assert backend.errors == 0
+
+
+async def test_large_batches_are_split_and_survive_noscript(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    policy = parse_policy("2/minute")
+    first = await asyncio.gather(*(backend.hit(f"k{i}", policy) for i in range(600)))
+    assert [d.remaining for d in first] == [1] * 600
+    backend._sha = "0" * 40  # every chunk of the next pipeline gets NOSCRIPT
+    second = await asyncio.gather(*(backend.hit(f"k{i}", policy) for i in range(600)))
+    assert [(d.allowed, d.remaining, d.degraded) for d in second] == [(True, 0, False)] * 600
+    third = await asyncio.gather(*(backend.hit(f"k{i}", policy) for i in (0, 299, 599)))
+    assert [d.allowed for d in third] == [False] * 3
     assert backend.errors == 0
 
 
@@ -354,5 +367,3 @@ async def test_backend_close_waits_for_in_flight_hits(redis_client: Redis, key_p
     await backend.aclose()
     decisions = await asyncio.gather(*tasks)
     assert sorted(d.remaining for d in decisions) == [5, 6, 7, 8, 9]
-
-

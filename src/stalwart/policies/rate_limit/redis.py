@@ -7,9 +7,14 @@ skewed clocks agree on every window; the host clock is never used for a window.
 Throughput: one `EVALSHA` round trip per request halves the service's throughput, so
 hits are batched. The first hit of an idle backend starts a flusher task; every hit that
 arrives before that task runs (the rest of the current event-loop tick) and while its
-pipeline is in flight joins the next pipeline. Hits on the same key in one batch become
-one script call with a count, which the script applies as that many consecutive hits.
-Under load that is one round trip per batch, and never more than one per request.
+call is in flight joins the next batch. A batch is one `EVALSHA` over all its keys (split
+into a pipeline of calls past MAX_KEYS_PER_CALL keys), and hits on the same key in a
+batch become one count that the script applies as that many consecutive hits. Under load
+that is one round trip per batch, never more than one per request, and little client CPU
+per hit (redis-py's pure-Python reply parser costs more per reply than the hit itself).
+
+Redis Cluster: a batch's keys would span slots; this backend needs a standalone Redis
+(or one primary behind a proxy).
 
 Outage: any error or a reply slower than `timeout` decides the affected hits without Redis
 (`fail_open`: allowed; otherwise refused, which the middleware answers with 503). The
@@ -22,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
@@ -34,32 +40,41 @@ __all__ = ["HIT_SCRIPT", "RedisBackend"]
 
 logger = logging.getLogger("stalwart.rate_limit")
 
-# KEYS[1] counter hash; ARGV: limit, window ms, hits in this call, clock offset ms (tests).
-# Returns {count before these hits, ms until the window resets}.
+# One call decides a whole batch. KEYS: counter hashes. ARGV[1]: clock offset in ms (tests);
+# ARGV[i + 1]: "limit:window_ms:hits" for KEYS[i]. Returns "count_before:ms_to_reset,..."
+# (one bulk string: far cheaper for the client to read than nested arrays).
 HIT_SCRIPT = """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
-local v = redis.call('HMGET', KEYS[1], 'c', 'r')
-local count = tonumber(v[1])
-local reset = tonumber(v[2])
-local fresh = false
-if count == nil or reset == nil or now >= reset then
-  count = 0
-  reset = now + window
-  fresh = true
-end
-local take = math.min(n, limit - count)
-if take > 0 then
-  redis.call('HSET', KEYS[1], 'c', count + take, 'r', reset)
-  if fresh then
-    redis.call('PEXPIRE', KEYS[1], reset - now)
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local limit, window, n = string.match(ARGV[i + 1], '^(%d+):(%d+):(%d+)$')
+  limit = tonumber(limit)
+  window = tonumber(window)
+  n = tonumber(n)
+  local v = redis.call('HMGET', key, 'c', 'r')
+  local count = tonumber(v[1])
+  local reset = tonumber(v[2])
+  local fresh = false
+  if count == nil or reset == nil or now >= reset then
+    count = 0
+    reset = now + window
+    fresh = true
   end
+  local take = math.min(n, limit - count)
+  if take > 0 then
+    redis.call('HSET', key, 'c', count + take, 'r', reset)
+    if fresh then
+      redis.call('PEXPIRE', key, reset - now)
+    end
+  end
+  out[i] = string.format('%d:%d', count, reset - now)
 end
-return {count, reset - now}
+return table.concat(out, ',')
 """
+
+# Keys per script call: a script blocks Redis while it runs, so a huge batch is split.
+MAX_KEYS_PER_CALL = 256
 
 _Batch = dict[tuple[str, Policy], list["asyncio.Future[Decision]"]]
 _FAILURES = (RedisError, OSError, TimeoutError)
@@ -89,6 +104,7 @@ class RedisBackend:
         self.down = False
         self._retry_at = 0.0
         self._sha: str | None = None
+        self._specs: dict[Policy, bytes] = {}
         self._pending: _Batch = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -150,33 +166,68 @@ class RedisBackend:
                         Decision(allowed, limit - used if allowed else 0, reset_after, policy)
                     )
 
+    def _spec(self, policy: Policy) -> bytes:
+        spec = self._specs.get(policy)
+        if spec is None:
+            spec = self._specs[policy] = b"%d:%d:" % (policy.limit, policy.window_ms)
+        return spec
+
     async def _evaluate(self, calls: list[tuple[str, Policy, int]]) -> list[tuple[int, int]]:
+        """(count before, ms to reset) per call, in order; one round trip for the lot."""
         if self._sha is None:
             self._sha = await self.redis.script_load(HIT_SCRIPT)
-        offset = self.clock_offset_ms
         prefix = self.prefix
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
+        chunks: list[list[Any]] = []
+        for start in range(0, len(calls), MAX_KEYS_PER_CALL):
+            chunk = calls[start : start + MAX_KEYS_PER_CALL]
+            chunks.append(
+                [
+                    len(chunk),
+                    *[prefix + key for key, _, _ in chunk],
+                    self.clock_offset_ms,
+                    *[self._spec(policy) + b"%d" % n for _, policy, n in chunk],
+                ]
+            )
+        replies = await self._run(chunks)
+        results: list[tuple[int, int]] = []
+        for reply in replies:
+            for item in reply.split(b","):
+                before, _, reset_ms = item.partition(b":")
+                results.append((int(before), int(reset_ms)))
+        return results
+
+    async def _run(self, chunks: list[list[Any]]) -> list[bytes]:
+        replies: list[Any] = [None] * len(chunks)
+        todo = list(range(len(chunks)))
         for _ in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for i in todo:
-                key, policy, n = calls[i]
-                pipe.evalsha(self._sha, 1, prefix + key, policy.limit, policy.window_ms, n, offset)
-            results = await pipe.execute(raise_on_error=False)
+            sha = self._sha
+            assert sha is not None
+            if len(todo) == 1:
+                try:
+                    answers: list[Any] = [
+                        await cast("Awaitable[bytes]", self.redis.evalsha(sha, *chunks[todo[0]]))
+                    ]
+                except NoScriptError as exc:
+                    answers = [exc]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for i in todo:
+                    pipe.evalsha(sha, *chunks[i])
+                answers = await pipe.execute(raise_on_error=False)
             missing = []
-            for i, result in zip(todo, results, strict=True):
-                if isinstance(result, NoScriptError):
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError):
                     missing.append(i)
-                elif isinstance(result, BaseException):
-                    raise result
+                elif isinstance(answer, BaseException):
+                    raise answer
                 else:
-                    replies[i] = (int(result[0]), int(result[1]))
+                    replies[i] = answer
             if not missing:
                 return replies
             # Redis restarted or SCRIPT FLUSH: a NOSCRIPT call did not run, so resending is safe.
             self._sha = await self.redis.script_load(HIT_SCRIPT)
             todo = missing
-        raise NoScriptError("script vanished twice while loading")
+        raise NoScriptError("the rate limit script vanished twice in a row")
 
     def _failed(self, exc: BaseException, batch: _Batch) -> None:
         self._retry_at = time.monotonic() + self.retry_interval

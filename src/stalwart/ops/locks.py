@@ -1,0 +1,157 @@
+"""Cluster-wide, non-blocking job locks: at most one instance runs a given job at a time.
+
+Three backends, chosen by `scheduler_lock` (auto: PostgreSQL when the database is PostgreSQL,
+else a file lock next to the SQLite database):
+
+* PostgreSQL: `pg_try_advisory_lock` on a dedicated connection. The lock lives as long as
+  that connection, so a crashed instance never leaves it behind.
+* Redis: `SET key token NX PX ttl`, renewed while held, released only by its owner (Lua).
+* File: `flock` on a file under data_dir/locks (instances on one host sharing one SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from stalwart.data.engine import Database
+from stalwart.settings import Settings
+
+__all__ = ["FileLock", "JobLock", "PostgresLock", "RedisLock", "make_lock"]
+
+
+class JobLock(Protocol):
+    name: str
+
+    async def acquire(self) -> bool:
+        """Take the lock if it is free; False (at once) when another holder has it."""
+
+    async def release(self) -> None: ...
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for pg_try_advisory_lock."""
+    return int.from_bytes(hashlib.sha256(f"stalwart:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+class PostgresLock:
+    def __init__(self, dsn: str, name: str) -> None:
+        self.dsn = dsn
+        self.name = name
+        self.key = advisory_key(name)
+        self.conn: Any = None
+
+    async def acquire(self) -> bool:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
+        except BaseException:
+            await conn.close()
+            raise
+        if not got:
+            await conn.close()
+            return False
+        self.conn = conn
+        return True
+
+    async def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
+        finally:
+            # Closing the session frees the lock even if the unlock above failed.
+            await conn.close()
+
+
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+
+
+class RedisLock:
+    def __init__(self, redis: Redis, key: str, ttl_ms: int = 60_000) -> None:
+        self.redis = redis
+        self.name = key
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.token = ""
+        self.renewer: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> bool:
+        token = secrets.token_hex(16)
+        if not await self.redis.set(self.key, token, nx=True, px=self.ttl_ms):
+            return False
+        self.token = token
+        self.renewer = asyncio.create_task(self._renew(), name=f"lock-renew:{self.key}")
+        return True
+
+    async def _renew(self) -> None:
+        # A job may outlive the TTL (a long backup); the TTL only bounds a crashed holder.
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            await self.redis.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))  # type: ignore[misc]
+
+    async def release(self) -> None:
+        renewer, self.renewer = self.renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        if self.token:
+            token, self.token = self.token, ""
+            await self.redis.eval(_RELEASE, 1, self.key, token)  # type: ignore[misc]
+
+
+class FileLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = path.stem
+        self.fd: int | None = None
+
+    async def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    async def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def make_lock(settings: Settings, db: Database, redis: Redis | None, name: str) -> JobLock:
+    """The lock for job `name` under the configured backend."""
+    kind = settings.scheduler_lock
+    if kind == "auto":
+        kind = "postgres" if db.is_postgres else "file"
+    if kind == "postgres":
+        if not db.is_postgres:
+            raise ValueError("scheduler_lock=postgres needs a PostgreSQL database_url")
+        dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return PostgresLock(dsn, name)
+    if kind == "redis":
+        if redis is None:
+            raise ValueError("scheduler_lock=redis needs redis_url")
+        return RedisLock(redis, f"{settings.scheduler_lock_prefix}{name}")
+    return FileLock(settings.data_dir / "locks" / f"{name}.lock")

@@ -1,0 +1,264 @@
+"""Verify and restore backup archives.
+
+Every check runs before the live database is touched: archive checksum and layout, key,
+decryption, data checksum, schema revision known to this release, backend, and (SQLite) the
+restored file's integrity and row counts. A refused archive changes nothing.
+
+Applying is atomic: SQLite through the online backup API in one step (one write
+transaction on the target); PostgreSQL through `psql --single-transaction` running a prelude
+that drops the current tables, the dump, and a check of every row count against the manifest.
+Then the schema is migrated to head and the erasure ledger re-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import select
+from sqlalchemy.engine import URL, make_url
+
+from stalwart.data.engine import Database
+from stalwart.data.migrate import current_revision, head_revision, migrate_to
+from stalwart.data.models import Account
+from stalwart.ops import erasure_ledger, pg
+from stalwart.ops.archive import ArchiveError, Manifest, extract_data, verify_archive_bytes
+from stalwart.ops.audit import record
+from stalwart.ops.backup import record_verification, sqlite_counts
+from stalwart.ops.gdpr import erase_account
+from stalwart.settings import Settings
+
+__all__ = ["RestoreReport", "VerifyReport", "reapply_erasures", "restore_archive", "verify_archive"]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    manifest: Manifest
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    manifest: Manifest
+    revision: str | None
+    reapplied: int
+    created_database: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _check_revision(manifest: Manifest) -> None:
+    if manifest.schema_revision is None:
+        return
+    config = Config()
+    config.set_main_option("script_location", "stalwart.data:migrations")
+    try:
+        known = ScriptDirectory.from_config(config).get_revision(manifest.schema_revision)
+    except CommandError:
+        known = None
+    if known is None:
+        raise ArchiveError(
+            f"archive schema revision {manifest.schema_revision} is newer than this release "
+            f"(head {head_revision()}): restore it with the release that made it"
+        )
+
+
+def _compare(expected: dict[str, int], actual: dict[str, int]) -> None:
+    if expected != actual:
+        diffs = [
+            f"{t} {actual.get(t, 'missing')}!={expected.get(t, 'none')}"
+            for t in sorted(set(expected) | set(actual)) if expected.get(t) != actual.get(t)
+        ]
+        raise ArchiveError(f"restored row counts differ from the manifest: {', '.join(diffs)}")
+
+
+def _open_archive(settings: Settings, path: Path, work: Path) -> tuple[Manifest, Path]:
+    """All the checks that need no database; the decrypted, decompressed data file."""
+    if not path.is_file():
+        raise ArchiveError(f"no such archive: {path}")
+    manifest = verify_archive_bytes(path)
+    _check_revision(manifest)
+    key = settings.backup_encryption_key
+    data = work / "data"
+    extract_data(path, manifest, key.get_secret_value() if key is not None else None, data)
+    return manifest, data
+
+
+def _check_sqlite_file(data: Path, manifest: Manifest) -> dict[str, int]:
+    conn = sqlite3.connect(data)
+    try:
+        if conn.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            raise ArchiveError("archive is corrupt: the database file fails its integrity check")
+        counts, _ = sqlite_counts(conn)
+    except sqlite3.DatabaseError:
+        raise ArchiveError("archive is corrupt: not a SQLite database") from None
+    finally:
+        conn.close()
+    _compare(manifest.row_counts, counts)
+    return counts
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _count_checks(manifest: Manifest) -> str:
+    """A DO block that aborts the restore transaction when a table's count is off."""
+    checks = "\n".join(
+        f"  IF (SELECT count(*) FROM public.{pg.quote_ident(t)}) <> {int(n)} THEN "  # noqa: S608
+        f"RAISE EXCEPTION 'row count of % differs from the manifest', {_literal(t)}; END IF;"
+        for t, n in sorted(manifest.row_counts.items())
+    )
+    return f"DO $$ BEGIN\n{checks}\nEND $$;\n"
+
+
+_DROP_TABLES = """DO $$ DECLARE r record; BEGIN
+  FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP
+    EXECUTE format('DROP TABLE IF EXISTS public.%I CASCADE', r.tablename);
+  END LOOP;
+END $$;
+"""
+
+
+def _load_postgres(url: URL, data: Path, manifest: Manifest, work: Path) -> None:
+    """Replace the database's tables with the dump, in one transaction (all or nothing)."""
+    script = work / "restore.sql"
+    pg.run_tool([pg.tool("pg_restore"), "--no-owner", "--no-privileges", f"--file={script}", str(data)])
+    prelude = work / "prelude.sql"
+    prelude.write_text(_DROP_TABLES)
+    checks = work / "checks.sql"
+    checks.write_text(_count_checks(manifest))
+    with pg.passfile(url) as pass_path:
+        pg.run_tool([
+            pg.tool("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--single-transaction",
+            f"--dbname={pg.conninfo(url, pass_path)}",
+            f"--file={prelude}", f"--file={script}", f"--file={checks}",
+        ])
+
+
+def _apply_sqlite(target: Path, data: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        # A WAL left by a destroyed database must not be replayed onto the restored one.
+        for suffix in ("-wal", "-shm", "-journal"):
+            target.with_name(target.name + suffix).unlink(missing_ok=True)
+    src = sqlite3.connect(data)
+    try:
+        dst = sqlite3.connect(target, timeout=30)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def verify_archive(settings: Settings, path: Path) -> VerifyReport:
+    """Checksum, decryptability, and a restore into a scratch database matching the manifest."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="stalwart-verify-") as tmp:
+            work = Path(tmp)
+            manifest, data = _open_archive(settings, path, work)
+            if manifest.backend == "sqlite":
+                counts = _check_sqlite_file(data, manifest)
+            else:
+                counts = _verify_postgres(settings, data, manifest, work)
+    except (ArchiveError, pg.PgToolError) as exc:
+        record_verification(path, False, str(exc))
+        raise
+    record_verification(path, True, "row counts match the manifest")
+    return VerifyReport(manifest, counts)
+
+
+def _verify_postgres(settings: Settings, data: Path, manifest: Manifest, work: Path) -> dict[str, int]:
+    url = make_url(settings.effective_database_url)
+    if url.get_backend_name() != "postgresql":
+        # Any reachable server will do for a scratch database; without one, stop here.
+        raise ArchiveError("verifying a PostgreSQL archive needs STALWART_DATABASE_URL on PostgreSQL")
+    scratch = f"{(url.database or 'stalwart')[:30]}_verify_{secrets.token_hex(4)}"
+    pg.create_database(url, scratch)
+    try:
+        scratch_url = url.set(database=scratch)
+        _load_postgres(scratch_url, data, manifest, work)
+        counts = pg.count_rows(scratch_url)
+    finally:
+        pg.drop_database(url, scratch)
+    _compare(manifest.row_counts, counts)
+    return counts
+
+
+async def reapply_erasures(settings: Settings, since: datetime | None = None) -> int:
+    """Erase again every account of the ledger present in the database.
+
+    By id, every entry (ids are random and never reused). By email hash, only the entries
+    recorded after `since` (the archive's creation): an older entry may name an email its
+    owner registered again, legitimately, after their erasure.
+    """
+    entries = erasure_ledger.read(settings)
+    if not entries:
+        return 0
+    ids = {e.account_id for e in entries}
+    hashes = {e.email_hash for e in entries if since is None or e.at >= since}
+    db = Database(settings)
+    await db.start()
+    try:
+        async with db.session() as session:
+            rows = (await session.execute(select(Account.id, Account.email))).all()
+        doomed = [
+            account_id for account_id, email in rows
+            if account_id in ids or erasure_ledger.email_hash(settings, email) in hashes
+        ]
+        for account_id in doomed:
+            async with db.session() as session:
+                await erase_account(session, settings, account_id, actor="restore",
+                                    reason="erasure re-applied after restore", ledger=False)
+        return len(doomed)
+    finally:
+        await db.close()
+
+
+async def _record_restore(settings: Settings, manifest: Manifest, name: str, reapplied: int) -> None:
+    db = Database(settings)
+    await db.start()
+    try:
+        async with db.session() as session:
+            record(session, "backup.restored", actor="cli", details={
+                "archive": name, "created_at": manifest.created_at.isoformat(),
+                "erasures_reapplied": reapplied,
+            })
+            await session.commit()
+    finally:
+        await db.close()
+
+
+def restore_archive(settings: Settings, path: Path) -> RestoreReport:
+    """Replace the configured database with the archive's, migrate to head, re-apply erasures."""
+    url = make_url(settings.effective_database_url)
+    backend = url.get_backend_name()
+    with tempfile.TemporaryDirectory(prefix="stalwart-restore-") as tmp:
+        work = Path(tmp)
+        manifest, data = _open_archive(settings, path, work)
+        if manifest.backend != backend:
+            raise ArchiveError(
+                f"archive is a {manifest.backend} backup; this deployment uses {backend}"
+            )
+        created = False
+        if backend == "sqlite":
+            counts = _check_sqlite_file(data, manifest)
+            _apply_sqlite(Path(str(url.database)), data)
+        else:
+            created = pg.ensure_database(url)
+            _load_postgres(url, data, manifest, work)
+            counts = dict(manifest.row_counts)
+    migrate_to(settings.effective_database_url, "head")
+    reapplied = asyncio.run(reapply_erasures(settings, since=manifest.created_at))
+    asyncio.run(_record_restore(settings, manifest, path.name, reapplied))
+    return RestoreReport(manifest, current_revision(settings.effective_database_url), reapplied,
+                         created, counts)

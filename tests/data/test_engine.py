@@ -1,0 +1,74 @@
+"""A database that is down or exhausted gives a quick 503 problem, never a hang or a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stalwart.app import create_app
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_database_down_is_503_with_retry_after(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, database_url="postgresql+asyncpg://postgres@127.0.0.1:1/none", db_pool_timeout=1.0
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=transport, base_url="http://t"
+    ) as c:
+        started = time.monotonic()
+        r = await c.get("/api/v1/notes", headers={"Authorization": "Bearer stw_x"})
+        r2 = await c.post(
+            "/api/v1/accounts",
+            json={"email": "a@example.com", "password": "long enough pw", "display_name": "a"},
+        )
+        elapsed = time.monotonic() - started
+    assert r.status_code == 503
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["retry-after"] == "2"
+    assert r2.status_code == 503
+    assert "127.0.0.1" not in r.text and "asyncpg" not in r.text
+    assert elapsed < 8
+
+
+async def test_pool_exhaustion_is_quick_503(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(
+        tmp_path, database_url=database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.3
+    )
+    app = create_app(settings)
+    db = app.state.resources.db
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=transport, base_url="http://t"
+    ) as c:
+        held = await db.engine.connect()  # the only connection of the write pool
+        reads_held = None
+        if db.is_postgres:
+            reads_held = await db.reads.pool.acquire()  # type: ignore[attr-defined]
+        try:
+            started = time.monotonic()
+            r = await c.post(
+                "/api/v1/accounts",
+                json={"email": "a@example.com", "password": "long enough pw", "display_name": "a"},
+            )
+            r2 = await c.get("/api/v1/notes", headers={"Authorization": "Bearer stw_x"})
+            elapsed = time.monotonic() - started
+        finally:
+            if reads_held is not None:
+                await db.reads.pool.release(reads_held)  # type: ignore[attr-defined]
+            await held.close()
+        r3 = await c.get("/api/v1/notes", headers={"Authorization": "Bearer stw_x"})
+    assert r.status_code == 503
+    assert r2.status_code == 503
+    assert r.headers["retry-after"] == "2"
+    assert elapsed < 3
+    assert r3.status_code == 401  # recovered once the connection is back
+    await asyncio.sleep(0)

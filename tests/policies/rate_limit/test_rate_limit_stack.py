@@ -1,0 +1,96 @@
+"""Wiring: settings -> backend and middleware, slot 9 of the policy stack."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from stalwart.policies.rate_limit import (
+    MemoryBackend,
+    Policy,
+    RateLimitMiddleware,
+    RedisBackend,
+    RouteLimit,
+    backend_from_settings,
+    login_account_policy,
+    rate_limit_middleware,
+)
+from stalwart.policies.stack import install_policies, policy_middleware
+from stalwart.settings import Settings
+
+from .conftest import client_for, tiny_app
+
+pytestmark = pytest.mark.anyio
+
+
+def make_settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, env="test", **values)  # type: ignore[call-arg]
+
+
+def test_defaults_are_100_per_15_minutes_per_ip_and_a_stricter_login() -> None:
+    settings = make_settings(redis_url="", rate_limit_backend="auto")
+    middleware = rate_limit_middleware(settings)
+    assert middleware.cls is RateLimitMiddleware
+    assert isinstance(middleware.args[0], MemoryBackend)
+    assert middleware.kwargs["policy"] == Policy(100, 900, "100-in-15min")
+    assert middleware.kwargs["routes"] == [
+        RouteLimit("POST", "/api/v1/auth/tokens", Policy(10, 900, "10-in-15min"))
+    ]
+    assert middleware.kwargs["ipv6_prefix"] == 56
+    assert login_account_policy(settings) == Policy(5, 900, "5-in-15min")
+
+
+def test_slot_9_is_in_the_policy_stack() -> None:
+    stack = policy_middleware(make_settings(rate_limit_backend="memory"))
+    assert [m.cls for m in stack].count(RateLimitMiddleware) == 1
+
+
+async def test_auto_backend_uses_the_shared_redis_client() -> None:
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        settings = make_settings(
+            rate_limit_backend="auto",
+            rate_limit_key_prefix="custom:",
+            rate_limit_fail_open=False,
+            redis_timeout=0.25,
+        )
+        backend = rate_limit_middleware(settings, SimpleNamespace(redis=redis)).args[0]
+        assert isinstance(backend, RedisBackend)
+        assert backend.redis is redis
+        assert (backend.prefix, backend.fail_open, backend.timeout) == ("custom:", False, 0.25)
+        memory = backend_from_settings(make_settings(rate_limit_backend="memory"), redis)
+        assert isinstance(memory, MemoryBackend)
+    finally:
+        await redis.aclose()
+
+
+def test_a_shared_rate_limiter_on_resources_is_used_as_is() -> None:
+    shared = MemoryBackend()
+    middleware = rate_limit_middleware(make_settings(), SimpleNamespace(rate_limiter=shared))
+    assert middleware.args[0] is shared
+
+
+def test_redis_backend_without_redis_is_refused_at_start_up() -> None:
+    with pytest.raises(ValueError, match="STALWART_REDIS_URL"):
+        backend_from_settings(make_settings(rate_limit_backend="redis", redis_url=""))
+
+
+def test_invalid_policy_is_refused_at_start_up() -> None:
+    with pytest.raises(ValueError, match="invalid rate limit"):
+        rate_limit_middleware(make_settings(rate_limit="lots", rate_limit_backend="memory"))
+
+
+async def test_install_policies_limits_the_app() -> None:
+    app = tiny_app()
+    install_policies(app, make_settings(rate_limit="3/minute", rate_limit_backend="memory"))
+    async with client_for(app) as client:
+        statuses = [(await client.get("/x")).status_code for _ in range(4)]
+        r = await client.get("/x")
+        probe = await client.get("/health")
+    assert statuses == [200, 200, 200, 429]
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["ratelimit-policy"] == '"3-in-1min";q=3;w=60'
+    assert probe.status_code == 200

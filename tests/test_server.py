@@ -1,0 +1,206 @@
+"""stalwart.server: uvicorn configuration and the graceful-shutdown sequence, in process.
+
+The real-process tests (signals, `--workers 2`, exit codes) are in
+tests/e2e/test_graceful_shutdown.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import uvicorn.supervisors.multiprocess as uvicorn_multiprocess
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from stalwart.logging_setup import uvicorn_log_config
+from stalwart.policies.shutdown import ShutdownMiddleware, drain_state
+from stalwart.server import (
+    APP_FACTORY,
+    FORCED_EXIT_CODE,
+    GracefulServer,
+    _mark_resources,
+    build_config,
+)
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+EVENTS: list[str] = []
+
+
+def tiny_app() -> Starlette:
+    """An app factory shaped like create_app: Resources on app.state, a lifespan that closes."""
+    resources = SimpleNamespace(shutting_down=False)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        EVENTS.append("startup")
+        yield
+        EVENTS.append("shutdown")
+
+    async def slow(request: Request) -> JSONResponse:
+        await asyncio.sleep(float(request.query_params["s"]))
+        EVENTS.append("slow done")
+        return JSONResponse({"ok": True})
+
+    async def ready(request: Request) -> JSONResponse:
+        down = resources.shutting_down
+        return JSONResponse({"ready": not down}, status_code=503 if down else 200)
+
+    app = Starlette(routes=[Route("/slow", slow), Route("/ready", ready)], lifespan=lifespan)
+    app.add_middleware(ShutdownMiddleware)
+    app.state.resources = resources
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _isolate() -> Iterator[None]:
+    """Reset the drain flag, and undo the logging configuration uvicorn's Config applies."""
+    drain_state.reset()
+    EVENTS.clear()
+    root = logging.getLogger()
+    saved_root = (root.level, list(root.handlers))
+    saved = {
+        name: (log.level, list(log.handlers), log.propagate, log.disabled)
+        for name, log in logging.Logger.manager.loggerDict.items()
+        if isinstance(log, logging.Logger)
+    }
+    yield
+    drain_state.reset()
+    root.setLevel(saved_root[0])
+    root.handlers[:] = saved_root[1]
+    for name, log in logging.Logger.manager.loggerDict.items():
+        if isinstance(log, logging.Logger) and name in saved:
+            log.level, handlers, log.propagate, log.disabled = saved[name]
+            log.handlers[:] = handlers
+
+
+def test_uvicorn_is_configured_for_production(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, shutdown_timeout_seconds=12.5)
+    config = build_config(
+        settings, host="127.0.0.1", port=8123, workers=3, ssl_certfile="c.pem", ssl_keyfile="k.pem"
+    )
+    assert config.app == APP_FACTORY == "stalwart.app:create_app"
+    assert config.factory is True
+    assert config.workers == 3
+    assert (config.host, config.port) == ("127.0.0.1", 8123)
+    assert config.loop == "uvloop"
+    assert config.http == "httptools"
+    assert config.proxy_headers is False  # policies/proxies.py decides whom to trust
+    assert config.server_header is False
+    assert config.date_header is True
+    assert config.access_log is False
+    assert config.lifespan == "on"
+    assert config.timeout_graceful_shutdown == 12.5
+    assert (config.ssl_certfile, config.ssl_keyfile) == ("c.pem", "k.pem")
+    assert config.log_config == uvicorn_log_config(settings)
+
+
+def test_mark_resources_finds_state_through_wrappers() -> None:
+    resources = SimpleNamespace(shutting_down=False)
+    inner = SimpleNamespace(state=SimpleNamespace(resources=resources))
+    wrapped = SimpleNamespace(app=SimpleNamespace(app=inner))
+    assert _mark_resources(wrapped) is True
+    assert resources.shutting_down is True
+    assert _mark_resources(SimpleNamespace(app=None)) is False
+
+
+def _server(tmp_path: Path, drain: float, supervised: bool = False) -> GracefulServer:
+    config = build_config(make_settings(tmp_path), app="tests.test_server:tiny_app", port=0)
+    config.load()
+    return GracefulServer(config, drain_seconds=drain, supervised=supervised)
+
+
+async def test_first_signal_flips_readiness_then_waits_the_drain(tmp_path: Path) -> None:
+    server = _server(tmp_path, drain=0.3)
+    server.handle_exit(signal.SIGTERM, None)
+    assert drain_state.draining is True
+    assert server.config.loaded_app.state.resources.shutting_down is True
+    assert server.should_exit is False
+    assert server._captured_signals == []  # never re-raised: the process exits 0
+    assert await server.on_tick(1) is False
+    await asyncio.sleep(0.35)
+    assert await server.on_tick(2) is True
+    assert server.should_exit is True
+
+
+async def test_second_signal_forces_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+
+    monkeypatch.setattr("stalwart.server.os._exit", fake_exit)
+    server = _server(tmp_path, drain=5)
+    server.handle_exit(signal.SIGTERM, None)
+    assert codes == []
+    server.handle_exit(signal.SIGINT, None)
+    assert codes == [FORCED_EXIT_CODE]
+
+
+def test_supervised_worker_ignores_sigint_from_the_terminal(tmp_path: Path) -> None:
+    server = _server(tmp_path, drain=5, supervised=True)
+    server.handle_exit(signal.SIGINT, None)
+    assert drain_state.draining is False
+    server.handle_exit(signal.SIGTERM, None)
+    assert drain_state.draining is True
+
+
+def test_uvicorn_supervisor_still_builds_workers_through_its_module_level_process() -> None:
+    # GracefulMultiprocess swaps `uvicorn.supervisors.multiprocess.Process` for its own
+    # worker class; this fails if an upgrade stops building workers through that name.
+    source = inspect.getsource(uvicorn_multiprocess.Multiprocess)
+    assert source.count("Process(self.config, self.sockets)") == 4
+
+
+async def test_serve_drains_finishes_in_flight_then_runs_lifespan_shutdown(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = build_config(make_settings(tmp_path), app="tests.test_server:tiny_app", port=port)
+    server = GracefulServer(config, drain_seconds=0.5)
+    task = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        for _ in range(100):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        assert (await client.get("/ready")).status_code == 200
+        slow = asyncio.create_task(client.get("/slow", params={"s": "1.0"}))
+        await asyncio.sleep(0.2)
+        signalled = time.monotonic()
+        server.handle_exit(signal.SIGTERM, None)
+
+        async with httpx.AsyncClient(base_url=url, timeout=5) as fresh:
+            ready = await fresh.get("/ready")
+        assert ready.status_code == 503
+        assert ready.headers["connection"] == "close"
+
+        await asyncio.sleep(0.7)  # past the drain
+        with pytest.raises(httpx.ConnectError):
+            async with httpx.AsyncClient(base_url=url, timeout=2) as late:
+                await late.get("/ready")
+
+        response = await slow
+        assert response.status_code == 200
+        assert response.headers["connection"] == "close"
+    await asyncio.wait_for(task, timeout=10)
+    assert time.monotonic() - signalled < 3
+    assert EVENTS == ["startup", "slow done", "shutdown"]
+
