@@ -129,20 +129,53 @@ def start_server(variant: str, prefix: str) -> tuple[subprocess.Popen[bytes], in
     raise RuntimeError(f"{variant} server did not start")
 
 
-def wrk(port: int, duration: int, connections: int, script: str | None) -> tuple[float, int]:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+class Run:
+    def __init__(self, rps: float, server_us: float, redis_us: float) -> None:
+        self.rps = rps
+        self.server_us = server_us  # server CPU per request
+        self.redis_us = redis_us  # redis-server CPU per request
+
+
+def wrk(port: int, duration: int, connections: int, script: str | None) -> tuple[float, int, int]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
     if script:
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{port}/x")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 30)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+    total = re.search(r"(\d+) requests in", out.stdout)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
     errors = re.search(r"Socket errors: .*", out.stdout)
-    if rps is None:
+    if rps is None or total is None:
         raise RuntimeError(out.stdout + out.stderr)
     if errors:
         print("   wrk:", errors.group(0), file=sys.stderr)
-    return float(rps.group(1)), int(bad.group(1)) if bad else 0
+    return float(rps.group(1)), int(total.group(1)), int(bad.group(1)) if bad else 0
+
+
+def measure(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    args: argparse.Namespace,
+    script: str | None,
+    redis: Any,
+) -> Run:
+    cpu0, redis0 = cpu_seconds(proc.pid), redis_cpu_seconds(redis)
+    rps, total, non_2xx = wrk(port, args.duration, args.connections, script)
+    cpu1, redis1 = cpu_seconds(proc.pid), redis_cpu_seconds(redis)
+    if non_2xx:
+        raise RuntimeError(f"{non_2xx} non-2xx responses")
+    return Run(rps, (cpu1 - cpu0) / total * 1e6, (redis1 - redis0) / total * 1e6)
 
 
 def main() -> None:
@@ -152,50 +185,64 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
 
+    import redis
+
+    redis_client = redis.Redis.from_url(REDIS_URL)
     prefix = f"stalwart-bench-{uuid.uuid4().hex}:"
     servers = {v: start_server(v, prefix) for v in VARIANTS}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_MANY_CLIENTS)
         many_script = f.name
     mixes = {"one client": None, "many clients": many_script}
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[Run]] = {}
     try:
         for _, port in servers.values():
             wrk(port, 1, args.connections, many_script)  # warm-up (imports, pools, script load)
         for run in range(args.runs):
             for mix, script in mixes.items():
                 # Interleaved, so drift in machine load affects every variant alike.
-                for variant, (_, port) in servers.items():
-                    rps, non_2xx = wrk(port, args.duration, args.connections, script)
-                    if non_2xx:
-                        raise RuntimeError(f"{variant}: {non_2xx} non-2xx responses")
-                    results.setdefault((mix, variant), []).append(rps)
-                    print(f"run {run + 1} {mix:12} {variant:6} {rps:10.0f} req/s", flush=True)
+                for variant, (proc, port) in servers.items():
+                    r = measure(proc, port, args, script, redis_client)
+                    results.setdefault((mix, variant), []).append(r)
+                    print(
+                        f"run {run + 1} {mix:12} {variant:6} {r.rps:8.0f} req/s  "
+                        f"server {r.server_us:5.1f} us/req  redis {r.redis_us:4.1f} us/req",
+                        flush=True,
+                    )
     finally:
         for proc, _ in servers.values():
             proc.terminate()
         for proc, _ in servers.values():
             proc.wait(10)
         os.unlink(many_script)
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        keys = list(redis_client.scan_iter(match=prefix + "*", count=1000))
         for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
-        client.close()
+            redis_client.delete(*keys[i : i + 1000])
+        redis_client.close()
 
     print(
-        f"\nwrk -t1 -c{args.connections} -d{args.duration:g}s, {args.runs} runs, "
-        f"median req/s (ratio to bare); {os.cpu_count()} CPUs"
+        f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.runs} interleaved runs, "
+        f"medians; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
+    print("throughput, req/s (ratio to bare):")
     for mix in mixes:
-        bare = statistics.median(results[(mix, "bare")])
+        bare = statistics.median(r.rps for r in results[(mix, "bare")])
         cells = []
         for variant in VARIANTS:
-            median = statistics.median(results[(mix, variant)])
-            cells.append(f"{variant} {median:8.0f} ({median / bare:.2f}x)")
-        print(f"{mix:12}  " + "   ".join(cells))
+            median = statistics.median(r.rps for r in results[(mix, variant)])
+            cells.append(f"{variant} {median:7.0f} ({median / bare:.2f}x)")
+        print(f"  {mix:12}  " + "   ".join(cells))
+    # CPU per request is steadier than req/s on a shared machine; bare / variant is the
+    # throughput ratio a CPU-bound server would reach with Redis on its own core.
+    print("server CPU per request, us (bare / variant); redis-server CPU per request:")
+    for mix in mixes:
+        bare = statistics.median(r.server_us for r in results[(mix, "bare")])
+        cells = []
+        for variant in VARIANTS:
+            median = statistics.median(r.server_us for r in results[(mix, variant)])
+            cells.append(f"{variant} {median:5.1f} ({bare / median:.2f}x)")
+        redis_us = statistics.median(r.redis_us for r in results[(mix, "redis")])
+        print(f"  {mix:12}  " + "   ".join(cells) + f"   redis-server {redis_us:.1f}")
 
 
 if __name__ == "__main__":

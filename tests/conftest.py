@@ -188,3 +188,25 @@ async def alice(client: httpx.AsyncClient) -> Account:
 @pytest.fixture
 async def bob(client: httpx.AsyncClient) -> Account:
     return await signup(client, "bob")
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A unique key prefix on the real Redis (fails under CI if Redis is down); keys removed after."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    prefix = f"stalwart-test-{uuid.uuid4().hex}:"
+    client = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        await client.ping()
+    except (RedisError, OSError):
+        await client.aclose()
+        require_service(False, "Redis at 127.0.0.1:6379")
+    try:
+        yield prefix
+    finally:
+        keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

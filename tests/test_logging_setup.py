@@ -52,7 +52,7 @@ def restore_logging() -> Iterator[None]:
 
 
 def settings(**values: Any) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def record(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from stalwart.ops.commands import backup_app, gdpr_app, purge_command, restore_command
 from stalwart.settings import Settings, production_problems
 
 __all__ = ["app", "main"]
@@ -95,6 +96,13 @@ def serve(
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
     )
     raise typer.Exit(code)
+
+
+# Data lifecycle (stalwart.ops.commands): purge, gdpr export|erase, backup [verify], restore.
+app.command("purge")(purge_command)
+app.add_typer(gdpr_app, name="gdpr")
+app.add_typer(backup_app, name="backup")
+app.command("restore")(restore_command)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from stalwart.credentials import Passwords
+from stalwart.data.cache import CachedReads, MemoryCache, NoteCache, RedisCache
 from stalwart.data.engine import Database
 from stalwart.monitoring.service import Monitoring
 from stalwart.settings import Settings
@@ -58,8 +59,25 @@ class Resources:
         if limiter is not None:
             await limiter(email, request)
 
+    async def invalidate_notes(self, account_id: str) -> None:
+        """Drop every cached read of this account's notes (call after each committed write)."""
+        reads = self.db.reads
+        if isinstance(reads, CachedReads):
+            await reads.invalidate(account_id)
+
+    def _note_cache(self) -> NoteCache | None:
+        settings = self.settings
+        if settings.cache_ttl_seconds <= 0:
+            return None
+        if self.redis is not None:
+            return RedisCache(self.redis, settings.cache_key_prefix, settings.cache_ttl_seconds)
+        return MemoryCache(settings.cache_ttl_seconds, settings.cache_max_entries)
+
     async def start(self) -> None:
         await self.db.start()
+        cache = self._note_cache()
+        if cache is not None:
+            self.db.reads = CachedReads(self.db.reads, cache)
         if self.monitoring is not None:
             await self.monitoring.start(self)
         # --- data lifecycle hook (stalwart.ops.scheduler) ---

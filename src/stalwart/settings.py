@@ -132,8 +132,11 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
     static_dir: Path | None = None  # None: the packaged static folder
     compression_min_size: int = 500
-    cache_ttl_seconds: float = 30.0
-    cache_max_entries: int = 10_000
+    # Server-side cache of note reads: Redis when redis_url is set, else in-process (one
+    # instance only: several instances without Redis must set cache_ttl_seconds=0).
+    cache_ttl_seconds: float = Field(default=30.0, ge=0)
+    cache_max_entries: int = Field(default=10_000, ge=1)  # accounts kept by the in-process LRU
+    cache_key_prefix: str = "stalwart:cache:"
 
     # --- data lifecycle ------------------------------------------------------------------------
     backup_dir: Path | None = None  # None: data_dir / "backups"

@@ -54,6 +54,14 @@ R = REDACTED
             "[SQL: SELECT id FROM accounts WHERE email = ?]\n"
             f"[parameters: {R}]\n(Background on this error at: x)",
         ),
+        ("mail to alice.b+x@mail.example.com failed", f"mail to {R}@mail.example.com failed"),
+        ("{'email': 'bob@example.org'}", f"{{'email': '{R}@example.org'}}"),
+        ("    @router.post('/x')", "    @router.post('/x')"),
+        (
+            'null value in column "id" violates not-null constraint\n'
+            "DETAIL:  Failing row contains (null, Alice Liddell, x).\nnext",
+            f'null value in column "id" violates not-null constraint\nDETAIL:  {R}\nnext',
+        ),
         ("nothing to see here", "nothing to see here"),
         ("token bucket refilled: 5 left", "token bucket refilled: 5 left"),
         ("", ""),

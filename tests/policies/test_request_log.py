@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stalwart.policies.errors import ErrorMiddleware
 from stalwart.policies.request_log import (
+    ACCESS_LOG,
     AccessLogWriter,
     RequestLogMiddleware,
     anonymize_ip,
@@ -306,10 +307,10 @@ async def test_client_address_anonymized_when_enabled(
 
 
 def test_from_settings_anonymizes_in_production_only() -> None:
-    dev = Settings(_env_file=None, env="development")  # type: ignore[call-arg]
-    prod = Settings(_env_file=None, env="production")  # type: ignore[call-arg]
-    forced = Settings(_env_file=None, env="development", log_anonymize_ip=True)  # type: ignore[call-arg]
-    off = Settings(_env_file=None, env="development", access_log=False)  # type: ignore[call-arg]
+    dev = Settings(_env_file=None, env="development")
+    prod = Settings(_env_file=None, env="production")
+    forced = Settings(_env_file=None, env="development", log_anonymize_ip=True)
+    off = Settings(_env_file=None, env="development", access_log=False)
     app = make_app()
     assert RequestLogMiddleware.from_settings(app, dev).anonymize is False
     assert RequestLogMiddleware.from_settings(app, prod).anonymize is True
@@ -318,9 +319,9 @@ def test_from_settings_anonymizes_in_production_only() -> None:
 
 
 def test_wired_into_slot_2_of_the_policy_stack() -> None:
-    prod = Settings(_env_file=None, env="production")  # type: ignore[call-arg]
+    prod = Settings(_env_file=None, env="production")
     stack = policy_middleware(prod)
-    classes = [m.cls for m in stack]
+    classes: list[Any] = [m.cls for m in stack]
     assert RequestLogMiddleware in classes
     # Outside the error layer, so a 500 produced there is logged with its status.
     assert classes.index(RequestLogMiddleware) < classes.index(ErrorMiddleware)
@@ -417,6 +418,42 @@ async def test_non_http_scopes_pass_through_untouched() -> None:
     await middleware(scope, receive, send)
     assert seen == [{"type": "lifespan", "asgi": {"version": "3.0"}}]
     assert sink.raw == []
+
+
+async def test_lifespan_shutdown_flushes_the_access_log() -> None:
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> Message:
+        return next(incoming)
+
+    async def send(message: Message) -> None:
+        events.append(message["type"])
+
+    middleware = RequestLogMiddleware(
+        app, sink=lambda line: None, flush=lambda: events.append("flush")
+    )
+    await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert events == ["lifespan.startup.complete", "flush", "lifespan.shutdown.complete"]
+
+
+def test_default_sink_and_flush_are_the_shared_writer() -> None:
+    default = RequestLogMiddleware(make_app())
+    assert default.sink == ACCESS_LOG.write
+    assert default.flush == ACCESS_LOG.flush
+    custom = RequestLogMiddleware(make_app(), sink=lambda line: None)
+    assert custom.flush is None
 
 
 def test_utc_timestamp_format() -> None:

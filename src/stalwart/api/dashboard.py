@@ -28,12 +28,14 @@ class _Asset:
     def __init__(self, name: str, media_type: str) -> None:
         self.body = (MONITOR_ASSETS / name).read_bytes()
         self.media_type = media_type
-        self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
+        # Weak: the compression middleware may send these bytes in another content coding.
+        self.etag = 'W/"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
 
     def response(self, request: Request) -> Response:
         # Small files read once; `no-cache` makes browsers revalidate, so an upgrade shows at once.
         headers = {"ETag": self.etag, "Cache-Control": "no-cache"}
-        if request.headers.get("if-none-match") == self.etag:
+        candidates = request.headers.get("if-none-match", "").split(",")
+        if any(c.strip().removeprefix("W/") == self.etag[2:] for c in candidates):
             return Response(status_code=304, headers=headers)
         return Response(self.body, media_type=self.media_type, headers=headers)
 

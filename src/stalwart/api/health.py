@@ -64,9 +64,9 @@ class HealthResponse(Response):
 _LIVE_BODY = orjson.dumps({"status": "pass"})
 
 
-@router.api_route(
+@router.head("/health/live", include_in_schema=False)
+@router.get(
     "/health/live",
-    methods=["GET", "HEAD"],
     response_model=Live,
     response_class=HealthResponse,
     summary="Liveness: the process is up (no dependency is checked)",
@@ -75,9 +75,9 @@ async def live() -> Response:
     return HealthResponse(_LIVE_BODY, headers=_NO_STORE)
 
 
-@router.api_route(
+@router.head("/health", include_in_schema=False)
+@router.get(
     "/health",
-    methods=["GET", "HEAD"],
     response_model=HealthOut,
     response_class=HealthResponse,
     summary="Readiness: database, Redis, disk, memory and shutdown state",

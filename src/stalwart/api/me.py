@@ -1,18 +1,20 @@
-"""The caller's own account: read and rectify."""
+"""The caller's own account: read, rectify, export (GDPR access) and erase (GDPR erasure)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
 from stalwart.api.deps import Caller, Res, Session, client_ip
+from stalwart.api.lifecycle_schemas import AccountErase
 from stalwart.api.responses import errors
 from stalwart.api.schemas import AccountOut, MeUpdate
 from stalwart.data.models import Account
 from stalwart.data.types import utcnow
 from stalwart.ops.audit import record
+from stalwart.ops.gdpr import AccountExport, erase_account, export_account
 
 __all__ = ["router"]
 
@@ -72,3 +74,50 @@ async def update_me(
             await session.rollback()
             raise HTTPException(409, "An account with this email already exists.") from None
     return account
+
+
+# --- GDPR: access and portability, erasure (stalwart.ops.gdpr) -------------------------------
+
+
+@router.get(
+    "/export",
+    response_model=AccountExport,
+    responses=errors(401),
+    summary="Download every piece of personal data held on you (JSON)",
+)
+async def export_me(
+    request: Request, response: Response, caller: Caller, session: Session
+) -> AccountExport:
+    document = await export_account(
+        session, caller.account_id, actor=caller.account_id, ip=client_ip(request)
+    )
+    if document is None:  # erased between token lookup and now
+        raise HTTPException(401, "The bearer token is invalid, expired or revoked.")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="stalwart-export-{caller.account_id}.json"'
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return document
+
+
+@router.delete(
+    "",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(400, 401, 403, 413, 415, 422),
+    summary="Erase your account and all your data, for good (password required)",
+)
+async def erase_me(
+    body: AccountErase, request: Request, caller: Caller, session: Session, resources: Res
+) -> Response:
+    account = await _load(session, caller)
+    # The same per-account budget as logins: a stolen token cannot guess the password here.
+    await resources.check_login_budget(account.email, request)
+    if not await resources.passwords.verify(account.password_hash, body.current_password):
+        record(
+            session, "account.erase_refused", subject=account.id, actor=account.id,
+            ip=client_ip(request),
+        )
+        await session.commit()
+        raise HTTPException(403, "current_password is required and must be right.")
+    await erase_account(session, resources.settings, account.id, actor=None, reason="self-service")
+    return Response(status_code=204)

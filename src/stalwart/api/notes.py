@@ -11,9 +11,11 @@ from urllib.parse import urlencode
 import orjson
 from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import delete, select
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
 
 from stalwart.api.deps import Caller, Res, Session
+from stalwart.api.etags import check_if_match, list_etag, not_modified, version_etag
 from stalwart.api.responses import errors
 from stalwart.api.sanitize import sanitize_html
 from stalwart.api.schemas import ListPage, NoteCreate, NoteOut, NoteUpdate, Tag
@@ -72,7 +74,9 @@ async def _owned(session: Session, caller: Caller, note_id: str) -> Note:
     responses=errors(400, 401, 413, 415, 422),
     summary="Create a note",
 )
-async def create_note(body: NoteCreate, caller: Caller, session: Session, response: Response) -> NoteOut:
+async def create_note(
+    body: NoteCreate, caller: Caller, session: Session, response: Response, resources: Res
+) -> NoteOut:
     now = utcnow()
     tags = _dedupe(body.tags)
     note = Note(
@@ -83,18 +87,21 @@ async def create_note(body: NoteCreate, caller: Caller, session: Session, respon
     await session.flush()
     session.add_all([NoteTag(note_id=note.id, tag=t, account_id=caller.account_id) for t in tags])
     await session.commit()
+    await resources.invalidate_notes(caller.account_id)
     response.headers["Location"] = f"/api/v1/notes/{note.id}"
+    response.headers["ETag"] = version_etag(note.version)
     return note_out(note)
 
 
 @router.get(
     "",
     response_model=ListPage[NoteOut],
-    responses=errors(400, 401, 422),
+    responses={304: {"description": "Not modified (If-None-Match)"}, **errors(400, 401, 422)},
     summary="List your notes, newest first",
 )
 async def list_notes(
     request: Request,
+    response: Response,
     caller: Caller,
     resources: Res,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -115,55 +122,89 @@ async def list_notes(
         if q is not None:
             params["q"] = q
         next_url = f"{request.url.path}?{urlencode(params)}"
+    etag = list_etag(((r.id, r.version) for r in rows), next_url)
+    unchanged = not_modified(request, etag)
+    if unchanged is not None:
+        return unchanged  # type: ignore[return-value]
+    response.headers["ETag"] = etag
     return ListPage[NoteOut](data=[note_out(r) for r in rows], next=next_url)
 
 
 @router.get(
     "/{note_id}",
     response_model=NoteOut,
-    responses=errors(401, 404),
+    responses={304: {"description": "Not modified (If-None-Match)"}, **errors(401, 404)},
     summary="Read one of your notes",
 )
-async def get_note(note_id: str, caller: Caller, resources: Res) -> NoteOut:
+async def get_note(
+    note_id: str, request: Request, response: Response, caller: Caller, resources: Res
+) -> NoteOut:
     row = await resources.db.reads.get_note(caller.account_id, note_id)
     if row is None:
         raise HTTPException(404, _NOT_FOUND)
+    etag = version_etag(row.version)
+    unchanged = not_modified(request, etag)
+    if unchanged is not None:
+        return unchanged  # type: ignore[return-value]
+    response.headers["ETag"] = etag
     return note_out(row)
 
 
 @router.patch(
     "/{note_id}",
     response_model=NoteOut,
-    responses=errors(400, 401, 404, 413, 415, 422),
-    summary="Change one of your notes",
+    responses=errors(400, 401, 404, 409, 412, 413, 415, 422),
+    summary="Change one of your notes (send If-Match with its ETag to avoid lost updates)",
 )
-async def update_note(note_id: str, body: NoteUpdate, caller: Caller, session: Session) -> NoteOut:
+async def update_note(
+    note_id: str, body: NoteUpdate, request: Request, response: Response, caller: Caller,
+    session: Session, resources: Res,
+) -> NoteOut:
     note = await _owned(session, caller, note_id)
+    check_if_match(request, version_etag(note.version))
     changes = body.model_dump(exclude_unset=True)
+    # All column changes first: the tag statements below autoflush, and each flush of the
+    # note is one version.
     if changes.get("title") is not None:
         note.title = changes["title"]
     if changes.get("body") is not None:
         note.body = sanitize_html(changes["body"])
-    if changes.get("tags") is not None:
-        tags = _dedupe(changes["tags"])
+    tags = _dedupe(changes["tags"]) if changes.get("tags") is not None else None
+    if tags is not None:
         note.tags = tags
+    if changes:
+        note.updated_at = utcnow()  # the version is bumped by the mapper (version_id_col)
+    if tags is not None:
         await session.execute(delete(NoteTag).where(NoteTag.note_id == note.id))
         session.add_all([NoteTag(note_id=note.id, tag=t, account_id=caller.account_id) for t in tags])
-    if changes:
-        note.updated_at = utcnow()
-        note.version += 1
-    await session.commit()
+    await _commit_versioned(session)
+    await resources.invalidate_notes(caller.account_id)
+    response.headers["ETag"] = version_etag(note.version)
     return note_out(note)
 
 
 @router.delete(
     "/{note_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=errors(401, 404),
-    summary="Delete one of your notes",
+    responses=errors(401, 404, 409, 412),
+    summary="Move one of your notes to the trash (see /api/v1/trash)",
 )
-async def delete_note(note_id: str, caller: Caller, session: Session) -> Response:
+async def delete_note(
+    note_id: str, request: Request, caller: Caller, session: Session, resources: Res
+) -> Response:
     note = await _owned(session, caller, note_id)
-    await session.delete(note)
-    await session.commit()
+    check_if_match(request, version_etag(note.version))
+    # Soft delete: restorable from the trash until the retention purge (stalwart.ops.retention).
+    note.deleted_at = utcnow()
+    await _commit_versioned(session)
+    await resources.invalidate_notes(caller.account_id)
     return Response(status_code=204)
+
+
+async def _commit_versioned(session: Session) -> None:
+    try:
+        await session.commit()
+    except StaleDataError:
+        # Another request changed the note between our read and our write.
+        await session.rollback()
+        raise HTTPException(409, "The note was changed by another request; fetch it again.") from None

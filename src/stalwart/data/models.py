@@ -75,6 +75,9 @@ class Note(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
+    # Every UPDATE checks and bumps the version: a concurrent write fails instead of being lost.
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
 
 class NoteTag(Base):
     __tablename__ = "note_tags"

@@ -160,24 +160,30 @@ class MergedMetrics:
         return {name: self.window(seconds, route) for name, seconds in WINDOWS}
 
     def timeline(self, seconds: int = 900) -> list[TimelinePoint]:
-        """One point per completed 5-second slot since the service started, all routes merged."""
+        """One point per 5-second slot since the service started, all routes merged.
+
+        The last point is the slot in progress; its rate divides by the time elapsed in it.
+        """
         current = int(self.now) // SLOT_SECONDS
-        first = max(current - seconds // SLOT_SECONDS, int(self.since) // SLOT_SECONDS)
+        first = max(current - seconds // SLOT_SECONDS + 1, int(self.since) // SLOT_SECONDS)
         merged: dict[int, _SlotSum] = {}
         for slot_id, slot in self._slots(None):
-            if first <= slot_id < current:
+            if first <= slot_id <= current:
                 merged.setdefault(slot_id, _SlotSum()).add(
                     slot.n, slot.n4, slot.n5, slot.sum, slot.max, slot.hist.items()
                 )
         points: list[TimelinePoint] = []
-        for slot_id in range(first, current):
+        for slot_id in range(first, current + 1):
             slot = merged.get(slot_id) or _SlotSum()
             n = slot.n
+            start = max(float(slot_id * SLOT_SECONDS), self.since)
+            end = min(float((slot_id + 1) * SLOT_SECONDS), self.now)
+            elapsed = max(end - start, 1.0)
             points.append(
                 TimelinePoint(
                     t=float(slot_id * SLOT_SECONDS),
                     requests=n,
-                    rate_per_second=round(n / SLOT_SECONDS, 4),
+                    rate_per_second=round(n / elapsed, 4),
                     p95_ms=_ms(percentile(slot.hist, 0.95, slot.max if n else None)),
                     error_rate_4xx=round(slot.n4 / n, 4) if n else 0.0,
                     error_rate_5xx=round(slot.n5 / n, 4) if n else 0.0,

@@ -95,9 +95,10 @@ class Monitoring:
         redis = getattr(resources, "redis", None)
         db = resources.db
         self.pool_status = db.pool_status
+        # Looked up at each check, not bound now: the pool may be swapped (tests, reconnects).
         self.health.bind(
-            db_ping=db.ping,
-            redis_ping=redis.ping if redis is not None else None,
+            db_ping=lambda: resources.db.ping(),
+            redis_ping=(lambda: resources.redis.ping()) if redis is not None else None,
             shutting_down=lambda: bool(getattr(resources, "shutting_down", False)),
         )
         mode = settings.metrics_share
@@ -113,7 +114,7 @@ class Monitoring:
             )
         elif mode in ("redis", "folder"):
             if mode == "redis":
-                logger.warning("STALWART_METRICS_SHARE=redis needs STALWART_REDIS_URL: using a folder")
+                logger.warning("metrics_share=redis needs a redis_url: sharing through a folder")
             self.share = FolderShare(
                 metrics_dir(settings), stale_seconds=settings.metrics_stale_seconds
             )

@@ -33,7 +33,7 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 __all__ = [
     "ArchiveError",
@@ -42,6 +42,7 @@ __all__ = [
     "Manifest",
     "extract_data",
     "new_encryption",
+    "passphrase_of",
     "read_manifest",
     "verify_archive_bytes",
     "write_archive",
@@ -109,13 +110,24 @@ def _key_check(key: bytes) -> str:
     return _b64(hmac.new(key, _KEY_CHECK_INFO, hashlib.sha256).digest()[:16])
 
 
+def passphrase_of(secret: SecretStr | None) -> str | None:
+    """The configured backup key; unset and empty both mean "no encryption"."""
+    value = secret.get_secret_value() if secret is not None else ""
+    return value or None
+
+
 def new_encryption(passphrase: str) -> tuple[Encryption, bytes]:
     """Fresh parameters for one archive, and the derived key."""
     salt, n, r, p = secrets.token_bytes(16), 2**15, 8, 1
     key = _derive(passphrase, salt, n, r, p)
     params = Encryption(
-        n=n, r=r, p=p, salt=_b64(salt), nonce_prefix=_b64(secrets.token_bytes(8)),
-        chunk_size=CHUNK, key_check=_key_check(key),
+        n=n,
+        r=r,
+        p=p,
+        salt=_b64(salt),
+        nonce_prefix=_b64(secrets.token_bytes(8)),
+        chunk_size=CHUNK,
+        key_check=_key_check(key),
     )
     return params, key
 
@@ -192,7 +204,9 @@ def _decrypt_chunks(
         remaining -= 4 + length
         last = remaining == 0
         try:
-            yield aead.decrypt(_nonce(prefix, counter), sealed, aad + (b"\x01" if last else b"\x00"))
+            yield aead.decrypt(
+                _nonce(prefix, counter), sealed, aad + (b"\x01" if last else b"\x00")
+            )
         except InvalidTag:
             raise ArchiveError("archive is corrupt: encrypted data fails authentication") from None
         counter += 1
@@ -255,7 +269,7 @@ def write_archive(
         with data_file.open("rb") as src:
             while block := src.read(CHUNK):
                 compressor.write(block)
-        compressor.close()
+        compressor.close()  # type: ignore[no-untyped-call]
         if encrypting is not None:
             encrypting.close()
     partial = dest.with_name(dest.name + ".partial")
@@ -265,9 +279,13 @@ def write_archive(
         with tarfile.open(fileobj=hashing, mode="w", format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
             tar.addfile(_member(MANIFEST_NAME, len(meta), manifest.created_at), io.BytesIO(meta))
             with payload.open("rb") as body:
-                tar.addfile(_member(manifest.data.name, payload.stat().st_size, manifest.created_at), body)
+                tar.addfile(
+                    _member(manifest.data.name, payload.stat().st_size, manifest.created_at), body
+                )
             checksum = (hashing.digest.hexdigest() + "\n").encode()
-            tar.addfile(_member(CHECKSUM_NAME, len(checksum), manifest.created_at), io.BytesIO(checksum))
+            tar.addfile(
+                _member(CHECKSUM_NAME, len(checksum), manifest.created_at), io.BytesIO(checksum)
+            )
         fh.flush()
         os.fsync(fh.fileno())
     payload.unlink()
@@ -309,51 +327,54 @@ def verify_archive_bytes(path: Path) -> Manifest:
     """Check the whole-archive checksum and layout; return the manifest."""
     try:
         size = path.stat().st_size
-        tar = tarfile.open(path, mode="r:")
+        with tarfile.open(path, mode="r:") as tar:
+            return _verify_open(tar, size)
     except (tarfile.TarError, EOFError, OSError):
         raise ArchiveError("archive is corrupt or truncated (unreadable tar)") from None
-    with tar:
-        members = _members(tar)
-        names = [m.name for m in members]
-        if len(names) < 3 and names[:1] == [MANIFEST_NAME]:
-            raise ArchiveError("archive is corrupt or truncated (members missing)")
-        if len(names) != 3 or names[0] != MANIFEST_NAME or names[2] != CHECKSUM_NAME:
-            raise ArchiveError("not a Stalwart backup archive (unexpected members)")
-        manifest_info, data_info, check_info = members
-        end = check_info.offset_data + check_info.size
-        if any(m.offset_data + m.size > size for m in members) or size < end + 2 * _BLOCK:
+
+
+def _verify_open(tar: tarfile.TarFile, size: int) -> Manifest:
+    members = _members(tar)
+    names = [m.name for m in members]
+    if len(names) < 3 and names[:1] == [MANIFEST_NAME]:
+        raise ArchiveError("archive is corrupt or truncated (members missing)")
+    if len(names) != 3 or names[0] != MANIFEST_NAME or names[2] != CHECKSUM_NAME:
+        raise ArchiveError("not a Stalwart backup archive (unexpected members)")
+    manifest_info, data_info, check_info = members
+    end = check_info.offset_data + check_info.size
+    if any(m.offset_data + m.size > size for m in members) or size < end + 2 * _BLOCK:
+        raise ArchiveError("archive is truncated")
+    fh = tar.fileobj
+    assert fh is not None
+    digest = hashlib.sha256()
+    fh.seek(0)
+    remaining = check_info.offset
+    while remaining:
+        block = fh.read(min(CHUNK, remaining))
+        if not block:
             raise ArchiveError("archive is truncated")
-        fh = tar.fileobj
-        assert fh is not None
-        digest = hashlib.sha256()
-        fh.seek(0)
-        remaining = check_info.offset
-        while remaining:
-            block = fh.read(min(CHUNK, remaining))
-            if not block:
-                raise ArchiveError("archive is truncated")
-            digest.update(block)
-            remaining -= len(block)
-        header = fh.read(check_info.offset_data - check_info.offset)
-        stored = fh.read(check_info.size)
-        if not hmac.compare_digest(stored, (digest.hexdigest() + "\n").encode()):
-            raise ArchiveError("archive is corrupt: checksum mismatch")
-        fh.seek(end)
-        while block := fh.read(CHUNK):
-            if block.count(0) != len(block):
-                raise ArchiveError("archive is corrupt: data after the end of the archive")
-        if size % _BLOCK:
-            raise ArchiveError("archive is truncated")
-        reader = tar.extractfile(manifest_info)
-        assert reader is not None
-        manifest = _parse_manifest(reader.read())
-        # The checksum member's own header is outside the digest, and tar's header checksum
-        # skips its own field: compare the header byte for byte with the one we write.
-        if header != _header(_member(CHECKSUM_NAME, check_info.size, manifest.created_at)):
-            raise ArchiveError("archive is corrupt: checksum header mismatch")
-        if data_info.name != manifest.data.name:
-            raise ArchiveError("not a Stalwart backup archive (unexpected members)")
-        return manifest
+        digest.update(block)
+        remaining -= len(block)
+    header = fh.read(check_info.offset_data - check_info.offset)
+    stored = fh.read(check_info.size)
+    if not hmac.compare_digest(stored, (digest.hexdigest() + "\n").encode()):
+        raise ArchiveError("archive is corrupt: checksum mismatch")
+    fh.seek(end)
+    while block := fh.read(CHUNK):
+        if block.count(0) != len(block):
+            raise ArchiveError("archive is corrupt: data after the end of the archive")
+    if size % _BLOCK:
+        raise ArchiveError("archive is truncated")
+    reader = tar.extractfile(manifest_info)
+    assert reader is not None
+    manifest = _parse_manifest(reader.read())
+    # The checksum member's own header is outside the digest, and tar's header checksum
+    # skips its own field: compare the header byte for byte with the one we write.
+    if header != _header(_member(CHECKSUM_NAME, check_info.size, manifest.created_at)):
+        raise ArchiveError("archive is corrupt: checksum header mismatch")
+    if data_info.name != manifest.data.name:
+        raise ArchiveError("not a Stalwart backup archive (unexpected members)")
+    return manifest
 
 
 def extract_data(path: Path, manifest: Manifest, passphrase: str | None, dest: Path) -> None:
@@ -364,7 +385,8 @@ def extract_data(path: Path, manifest: Manifest, passphrase: str | None, dest: P
         members = _members(tar)
         meta_fh = tar.extractfile(members[0])
         data_fh = tar.extractfile(members[1])
-        assert meta_fh is not None and data_fh is not None
+        assert meta_fh is not None
+        assert data_fh is not None
         aad = hashlib.sha256(meta_fh.read()).digest()
         chunks: Iterator[bytes]
         if key is not None:

@@ -31,7 +31,15 @@ from sqlalchemy.engine import URL, make_url
 from stalwart import __version__
 from stalwart.data.types import utcnow
 from stalwart.ops import pg
-from stalwart.ops.archive import ArchiveError, DataInfo, Manifest, new_encryption, read_manifest, write_archive
+from stalwart.ops.archive import (
+    ArchiveError,
+    DataInfo,
+    Manifest,
+    new_encryption,
+    passphrase_of,
+    read_manifest,
+    write_archive,
+)
 from stalwart.settings import Settings
 
 __all__ = [
@@ -76,7 +84,8 @@ class ArchiveInfo:
 def sqlite_counts(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
     """Row counts per table and the Alembic revision of an open SQLite database."""
     tables = [
-        r[0] for r in conn.execute(
+        r[0]
+        for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
             "ORDER BY name"
         )
@@ -123,9 +132,16 @@ async def _dump_postgres(url: URL, dest: Path) -> tuple[dict[str, int], str | No
             if "alembic_version" in counts:
                 revision = await conn.fetchval("SELECT version_num FROM alembic_version")
             with pg.passfile(url) as pass_path:
-                args = [pg_dump, "--format=custom", "--compress=0", "--no-owner", "--no-privileges",
-                        f"--snapshot={snapshot}", f"--file={dest}",
-                        f"--dbname={pg.conninfo(url, pass_path)}"]
+                args = [
+                    pg_dump,
+                    "--format=custom",
+                    "--compress=0",
+                    "--no-owner",
+                    "--no-privileges",
+                    f"--snapshot={snapshot}",
+                    f"--file={dest}",
+                    f"--dbname={pg.conninfo(url, pass_path)}",
+                ]
                 proc = await asyncio.create_subprocess_exec(
                     *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
                 )
@@ -136,7 +152,9 @@ async def _dump_postgres(url: URL, dest: Path) -> tuple[dict[str, int], str | No
                         proc.kill()
                         await proc.wait()
                 if proc.returncode != 0:
-                    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+                    lines = [
+                        ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()
+                    ]
                     raise BackupError(f"pg_dump failed: {lines[-1] if lines else proc.returncode}")
             return counts, revision
     finally:
@@ -171,24 +189,28 @@ async def create_backup(settings: Settings) -> BackupResult:
         work = Path(tmp)
         data = work / "data"
         if backend == "sqlite":
-            counts, revision = await anyio.to_thread.run_sync(_dump_sqlite, Path(str(url.database)), data)
+            counts, revision = await anyio.to_thread.run_sync(
+                _dump_sqlite, Path(str(url.database)), data
+            )
         else:
             counts, revision = await _dump_postgres(url, data)
-        passphrase = settings.backup_encryption_key
+        passphrase = passphrase_of(settings.backup_encryption_key)
         encryption, key = (None, None)
         if passphrase is not None:
-            encryption, key = await anyio.to_thread.run_sync(
-                new_encryption, passphrase.get_secret_value()
-            )
+            encryption, key = await anyio.to_thread.run_sync(new_encryption, passphrase)
         info = DataInfo(
             name="data.zst.enc" if key is not None else "data.zst",
             sha256=await anyio.to_thread.run_sync(_sha256, data),
             size=data.stat().st_size,
         )
         manifest = Manifest(
-            created_at=created_at, app_version=__version__,
+            created_at=created_at,
+            app_version=__version__,
             backend="sqlite" if backend == "sqlite" else "postgresql",
-            schema_revision=revision, row_counts=counts, data=info, encryption=encryption,
+            schema_revision=revision,
+            row_counts=counts,
+            data=info,
+            encryption=encryption,
         )
         dest = folder / name
         await anyio.to_thread.run_sync(write_archive, dest, manifest, data, key, work)
@@ -243,8 +265,9 @@ def list_archives(settings: Settings) -> list[ArchiveInfo]:
             size = path.stat().st_size if path.exists() else 0
         created = manifest.created_at if manifest else _created_from_name(path.name)
         verified, verified_at = _verification(path)
-        infos.append(ArchiveInfo(path.name, path, size, created or utcnow(), manifest, verified,
-                                 verified_at))
+        infos.append(
+            ArchiveInfo(path.name, path, size, created or utcnow(), manifest, verified, verified_at)
+        )
     return infos
 
 
@@ -259,7 +282,7 @@ def remove_archive(path: Path) -> bool:
 
 def rotate(settings: Settings) -> list[Path]:
     """Delete all but the newest `backup_keep` archives; return the deleted paths."""
-    doomed = _archives(settings)[settings.backup_keep:]
+    doomed = _archives(settings)[settings.backup_keep :]
     return [p for p in doomed if remove_archive(p)]
 
 

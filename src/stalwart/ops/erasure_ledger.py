@@ -40,16 +40,25 @@ def ledger_path(settings: Settings) -> Path:
 def email_hash(settings: Settings, email: str) -> str:
     # Keyed: a plain SHA-256 of an email is reversed by hashing candidate addresses.
     key = settings.secret_key.get_secret_value().encode()
-    return hmac.new(key, b"erasure-email:" + email.strip().lower().encode(), hashlib.sha256).hexdigest()
+    return hmac.new(
+        key, b"erasure-email:" + email.strip().lower().encode(), hashlib.sha256
+    ).hexdigest()
 
 
 def append(settings: Settings, account_id: str, email: str, at: datetime | None = None) -> Erasure:
     """Record one erasure durably (flushed and fsynced) before the caller commits it."""
     entry = Erasure(account_id, email_hash(settings, email), at or utcnow())
-    line = orjson.dumps(
-        {"v": 1, "account_id": entry.account_id, "email_hash": entry.email_hash,
-         "at": entry.at.isoformat()}
-    ) + b"\n"
+    line = (
+        orjson.dumps(
+            {
+                "v": 1,
+                "account_id": entry.account_id,
+                "email_hash": entry.email_hash,
+                "at": entry.at.isoformat(),
+            }
+        )
+        + b"\n"
+    )
     path = ledger_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -73,8 +82,11 @@ def read(settings: Settings) -> list[Erasure]:
             try:
                 item = orjson.loads(raw)
                 entries.append(
-                    Erasure(str(item["account_id"]), str(item["email_hash"]),
-                            datetime.fromisoformat(item["at"]))
+                    Erasure(
+                        str(item["account_id"]),
+                        str(item["email_hash"]),
+                        datetime.fromisoformat(item["at"]),
+                    )
                 )
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue

@@ -122,7 +122,11 @@ async def export_account(
         audit_events=[ExportAuditEvent.model_validate(e, from_attributes=True) for e in events],
     )
     record(
-        session, "account.exported", subject=account_id, actor=actor, ip=ip,
+        session,
+        "account.exported",
+        subject=account_id,
+        actor=actor,
+        ip=ip,
         details={"notes": len(notes), "tokens": len(tokens), "audit_events": len(events)},
     )
     await session.commit()
@@ -168,7 +172,9 @@ async def erase_account(
     # The events stay (security history), the person in them is no longer identifiable.
     audited = _count(
         await session.execute(
-            update(AuditEvent).where(AuditEvent.subject == account_id).values(subject=alias, ip=None)
+            update(AuditEvent)
+            .where(AuditEvent.subject == account_id)
+            .values(subject=alias, ip=None)
         )
     )
     audited += _count(
@@ -178,7 +184,10 @@ async def erase_account(
     )
     await session.execute(delete(Account).where(Account.id == account_id))
     record(
-        session, "account.erased", subject=alias, actor=actor or alias,
+        session,
+        "account.erased",
+        subject=alias,
+        actor=actor or alias,
         details={"reason": reason, "notes": notes, "tokens": tokens},
     )
     await session.flush()

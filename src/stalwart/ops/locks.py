@@ -39,7 +39,9 @@ class JobLock(Protocol):
 
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key for pg_try_advisory_lock."""
-    return int.from_bytes(hashlib.sha256(f"stalwart:{name}".encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(
+        hashlib.sha256(f"stalwart:{name}".encode()).digest()[:8], "big", signed=True
+    )
 
 
 class PostgresLock:
@@ -75,7 +77,9 @@ class PostgresLock:
             await conn.close()
 
 
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
@@ -103,7 +107,7 @@ class RedisLock:
         # A job may outlive the TTL (a long backup); the TTL only bounds a crashed holder.
         while True:
             await asyncio.sleep(self.ttl_ms / 3000)
-            await self.redis.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))  # type: ignore[misc]
+            await self.redis.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))
 
     async def release(self) -> None:
         renewer, self.renewer = self.renewer, None
@@ -113,7 +117,7 @@ class RedisLock:
                 await renewer
         if self.token:
             token, self.token = self.token, ""
-            await self.redis.eval(_RELEASE, 1, self.key, token)  # type: ignore[misc]
+            await self.redis.eval(_RELEASE, 1, self.key, token)
 
 
 class FileLock:

@@ -32,8 +32,16 @@ __all__ = [
 ]
 
 # libpq parameters worth passing through from the URL's query string.
-_PASSTHROUGH = ("sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "connect_timeout",
-                "target_session_attrs", "options")
+_PASSTHROUGH = (
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "application_name",
+    "connect_timeout",
+    "target_session_attrs",
+    "options",
+)
 
 
 class PgToolError(Exception):
@@ -43,7 +51,9 @@ class PgToolError(Exception):
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise PgToolError(f"{name} not found: install the PostgreSQL client tools (postgresql-client)")
+        raise PgToolError(
+            f"{name} not found: install the PostgreSQL client tools (postgresql-client)"
+        )
     return path
 
 
@@ -104,7 +114,9 @@ def run_tool(args: list[str], *, timeout: float = 3600) -> None:
         raise PgToolError(f"{Path(args[0]).name} timed out after {timeout:.0f} s") from None
     if result.returncode != 0:
         lines = [ln for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise PgToolError(f"{Path(args[0]).name} failed: {lines[-1] if lines else result.returncode}")
+        raise PgToolError(
+            f"{Path(args[0]).name} failed: {lines[-1] if lines else result.returncode}"
+        )
 
 
 async def _admin(url: URL, sql: str) -> None:
@@ -154,7 +166,8 @@ def ensure_database(url: URL) -> bool:
 
 async def count_rows_async(conn: Any) -> dict[str, int]:
     tables = [
-        r[0] for r in await conn.fetch(
+        r[0]
+        for r in await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
         )
     ]

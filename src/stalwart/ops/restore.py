@@ -30,7 +30,13 @@ from stalwart.data.engine import Database
 from stalwart.data.migrate import current_revision, head_revision, migrate_to
 from stalwart.data.models import Account
 from stalwart.ops import erasure_ledger, pg
-from stalwart.ops.archive import ArchiveError, Manifest, extract_data, verify_archive_bytes
+from stalwart.ops.archive import (
+    ArchiveError,
+    Manifest,
+    extract_data,
+    passphrase_of,
+    verify_archive_bytes,
+)
 from stalwart.ops.audit import record
 from stalwart.ops.backup import record_verification, sqlite_counts
 from stalwart.ops.gdpr import erase_account
@@ -74,7 +80,8 @@ def _compare(expected: dict[str, int], actual: dict[str, int]) -> None:
     if expected != actual:
         diffs = [
             f"{t} {actual.get(t, 'missing')}!={expected.get(t, 'none')}"
-            for t in sorted(set(expected) | set(actual)) if expected.get(t) != actual.get(t)
+            for t in sorted(set(expected) | set(actual))
+            if expected.get(t) != actual.get(t)
         ]
         raise ArchiveError(f"restored row counts differ from the manifest: {', '.join(diffs)}")
 
@@ -85,9 +92,8 @@ def _open_archive(settings: Settings, path: Path, work: Path) -> tuple[Manifest,
         raise ArchiveError(f"no such archive: {path}")
     manifest = verify_archive_bytes(path)
     _check_revision(manifest)
-    key = settings.backup_encryption_key
     data = work / "data"
-    extract_data(path, manifest, key.get_secret_value() if key is not None else None, data)
+    extract_data(path, manifest, passphrase_of(settings.backup_encryption_key), data)
     return manifest, data
 
 
@@ -130,17 +136,27 @@ END $$;
 def _load_postgres(url: URL, data: Path, manifest: Manifest, work: Path) -> None:
     """Replace the database's tables with the dump, in one transaction (all or nothing)."""
     script = work / "restore.sql"
-    pg.run_tool([pg.tool("pg_restore"), "--no-owner", "--no-privileges", f"--file={script}", str(data)])
+    pg.run_tool(
+        [pg.tool("pg_restore"), "--no-owner", "--no-privileges", f"--file={script}", str(data)]
+    )
     prelude = work / "prelude.sql"
     prelude.write_text(_DROP_TABLES)
     checks = work / "checks.sql"
     checks.write_text(_count_checks(manifest))
     with pg.passfile(url) as pass_path:
-        pg.run_tool([
-            pg.tool("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--single-transaction",
-            f"--dbname={pg.conninfo(url, pass_path)}",
-            f"--file={prelude}", f"--file={script}", f"--file={checks}",
-        ])
+        pg.run_tool(
+            [
+                pg.tool("psql"),
+                "--no-psqlrc",
+                "--quiet",
+                "--set=ON_ERROR_STOP=1",
+                "--single-transaction",
+                f"--dbname={pg.conninfo(url, pass_path)}",
+                f"--file={prelude}",
+                f"--file={script}",
+                f"--file={checks}",
+            ]
+        )
 
 
 def _apply_sqlite(target: Path, data: Path) -> None:
@@ -177,11 +193,15 @@ def verify_archive(settings: Settings, path: Path) -> VerifyReport:
     return VerifyReport(manifest, counts)
 
 
-def _verify_postgres(settings: Settings, data: Path, manifest: Manifest, work: Path) -> dict[str, int]:
+def _verify_postgres(
+    settings: Settings, data: Path, manifest: Manifest, work: Path
+) -> dict[str, int]:
     url = make_url(settings.effective_database_url)
     if url.get_backend_name() != "postgresql":
         # Any reachable server will do for a scratch database; without one, stop here.
-        raise ArchiveError("verifying a PostgreSQL archive needs STALWART_DATABASE_URL on PostgreSQL")
+        raise ArchiveError(
+            "verifying a PostgreSQL archive needs STALWART_DATABASE_URL on PostgreSQL"
+        )
     scratch = f"{(url.database or 'stalwart')[:30]}_verify_{secrets.token_hex(4)}"
     pg.create_database(url, scratch)
     try:
@@ -212,27 +232,42 @@ async def reapply_erasures(settings: Settings, since: datetime | None = None) ->
         async with db.session() as session:
             rows = (await session.execute(select(Account.id, Account.email))).all()
         doomed = [
-            account_id for account_id, email in rows
+            account_id
+            for account_id, email in rows
             if account_id in ids or erasure_ledger.email_hash(settings, email) in hashes
         ]
         for account_id in doomed:
             async with db.session() as session:
-                await erase_account(session, settings, account_id, actor="restore",
-                                    reason="erasure re-applied after restore", ledger=False)
+                await erase_account(
+                    session,
+                    settings,
+                    account_id,
+                    actor="restore",
+                    reason="erasure re-applied after restore",
+                    ledger=False,
+                )
         return len(doomed)
     finally:
         await db.close()
 
 
-async def _record_restore(settings: Settings, manifest: Manifest, name: str, reapplied: int) -> None:
+async def _record_restore(
+    settings: Settings, manifest: Manifest, name: str, reapplied: int
+) -> None:
     db = Database(settings)
     await db.start()
     try:
         async with db.session() as session:
-            record(session, "backup.restored", actor="cli", details={
-                "archive": name, "created_at": manifest.created_at.isoformat(),
-                "erasures_reapplied": reapplied,
-            })
+            record(
+                session,
+                "backup.restored",
+                actor="cli",
+                details={
+                    "archive": name,
+                    "created_at": manifest.created_at.isoformat(),
+                    "erasures_reapplied": reapplied,
+                },
+            )
             await session.commit()
     finally:
         await db.close()
@@ -260,5 +295,6 @@ def restore_archive(settings: Settings, path: Path) -> RestoreReport:
     migrate_to(settings.effective_database_url, "head")
     reapplied = asyncio.run(reapply_erasures(settings, since=manifest.created_at))
     asyncio.run(_record_restore(settings, manifest, path.name, reapplied))
-    return RestoreReport(manifest, current_revision(settings.effective_database_url), reapplied,
-                         created, counts)
+    return RestoreReport(
+        manifest, current_revision(settings.effective_database_url), reapplied, created, counts
+    )

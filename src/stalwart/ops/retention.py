@@ -1,13 +1,11 @@
 """Retention: remove what the service no longer needs, one rule per kind of data.
 
-| kind               | setting                            | rule                                        |
-|--------------------|------------------------------------|---------------------------------------------|
-| trashed notes      | retention_trash_days (30)          | in the trash for longer than that           |
-| tokens             | retention_tokens_days (7)          | expired or revoked longer ago than that     |
-| inactive accounts  | retention_inactive_accounts_days   | never logged in, created longer ago (not    |
-|                    | (365)                              | admins); erased like a GDPR erasure         |
-| audit events       | retention_audit_days (365)         | older than that                             |
-| backups            | retention_backups_days (30)        | archives older than that, never the newest  |
+* trashed notes (retention_trash_days, 30): in the trash for longer than that.
+* tokens (retention_tokens_days, 7): expired or revoked longer ago than that.
+* inactive accounts (retention_inactive_accounts_days, 365): never logged in and created
+  longer ago than that (admins excepted); erased like a GDPR erasure.
+* audit events (retention_audit_days, 365): older than that.
+* backups (retention_backups_days, 30): archives older than that, never the newest one.
 
 A value of 0 keeps that kind forever. Every run is idempotent.
 """
@@ -63,9 +61,15 @@ def _conditions(settings: Settings, now: datetime) -> dict[str, ColumnElement[bo
     accounts = _cutoff(now, settings.retention_inactive_accounts_days)
     audit = _cutoff(now, settings.retention_audit_days)
     return {
-        "notes": None if trash is None else and_(Note.deleted_at.is_not(None), Note.deleted_at < trash),
-        "tokens": None if tokens is None else or_(Token.expires_at < tokens, Token.revoked_at < tokens),
-        "accounts": None if accounts is None else and_(
+        "notes": None
+        if trash is None
+        else and_(Note.deleted_at.is_not(None), Note.deleted_at < trash),
+        "tokens": None
+        if tokens is None
+        else or_(Token.expires_at < tokens, Token.revoked_at < tokens),
+        "accounts": None
+        if accounts is None
+        else and_(
             Account.last_login_at.is_(None), Account.created_at < accounts, Account.role != "admin"
         ),
         "audit": None if audit is None else AuditEvent.at < audit,
@@ -86,24 +90,41 @@ async def purge(
     async with db.session() as session:
         for kind, model in (("notes", Note), ("tokens", Token), ("audit", AuditEvent)):
             condition = where[kind]
-            counts[kind] = 0 if condition is None else int(
-                await session.scalar(select(func.count()).select_from(model).where(condition)) or 0
+            counts[kind] = (
+                0
+                if condition is None
+                else int(
+                    await session.scalar(select(func.count()).select_from(model).where(condition))
+                    or 0
+                )
             )
         account_ids: list[str] = []
         if where["accounts"] is not None:
-            account_ids = list((await session.scalars(select(Account.id).where(where["accounts"]))).all())
+            account_ids = list(
+                (await session.scalars(select(Account.id).where(where["accounts"]))).all()
+            )
     archives: list[Path] = expired_archives(settings, now)
     if dry_run:
-        return PurgeReport(counts["notes"], counts["tokens"], len(account_ids), counts["audit"],
-                           len(archives), dry_run=True)
+        return PurgeReport(
+            counts["notes"],
+            counts["tokens"],
+            len(account_ids),
+            counts["audit"],
+            len(archives),
+            dry_run=True,
+        )
 
     erased = 0
     for account_id in account_ids:
         async with db.session() as session:
             # Not in the erasure ledger: a restore brings such an account back and the next
             # purge removes it again by the same rule.
-            if await erase_account(session, settings, account_id, actor=actor, reason="retention",
-                                   ledger=False) is not None:
+            if (
+                await erase_account(
+                    session, settings, account_id, actor=actor, reason="retention", ledger=False
+                )
+                is not None
+            ):
                 erased += 1
     removed: dict[str, int] = {}
     async with db.session() as session:
@@ -112,12 +133,18 @@ async def purge(
             await session.execute(delete(NoteTag).where(NoteTag.note_id.in_(doomed)))
         for kind, model in (("notes", Note), ("tokens", Token), ("audit", AuditEvent)):
             condition = where[kind]
-            result: Any = None if condition is None else await session.execute(
-                delete(model).where(condition)
+            result: Any = (
+                None if condition is None else await session.execute(delete(model).where(condition))
             )
             removed[kind] = int(result.rowcount or 0) if result is not None else 0
-        report = PurgeReport(removed["notes"], removed["tokens"], erased, removed["audit"],
-                             sum(1 for a in archives if remove_archive(a)), dry_run=False)
+        report = PurgeReport(
+            removed["notes"],
+            removed["tokens"],
+            erased,
+            removed["audit"],
+            sum(1 for a in archives if remove_archive(a)),
+            dry_run=False,
+        )
         record(session, PURGED_EVENT, actor=actor, details=report.counts())
         await session.commit()
     return report

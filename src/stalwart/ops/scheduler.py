@@ -59,7 +59,9 @@ class Lifecycle:
     async def start(self) -> None:
         for job, interval in self.intervals.items():
             if interval > 0:
-                self.loops.append(asyncio.create_task(self._loop(job, interval), name=f"lifecycle:{job}"))
+                self.loops.append(
+                    asyncio.create_task(self._loop(job, interval), name=f"lifecycle:{job}")
+                )
 
     async def close(self) -> None:
         tasks = [*self.loops, *([self.backup_task] if self.backup_task else [])]
@@ -118,7 +120,9 @@ class Lifecycle:
         lock = self.lock("backup")
         if not await lock.acquire():
             return False
-        self.backup_task = asyncio.create_task(self._backup_holding(lock, actor), name="lifecycle:backup")
+        self.backup_task = asyncio.create_task(
+            self._backup_holding(lock, actor), name="lifecycle:backup"
+        )
         return True
 
     async def _backup_holding(self, lock: JobLock, actor: str) -> None:
@@ -150,9 +154,16 @@ class Lifecycle:
                 verified = False
                 logger.error("backup verification failed: %s", exc)
         async with self.resources.db.session() as session:
-            record(session, BACKUP_EVENT, actor=actor, details={
-                "archive": result.path.name, "size": result.path.stat().st_size,
-                "verified": verified, "rows": sum(result.manifest.row_counts.values()),
-            })
+            record(
+                session,
+                BACKUP_EVENT,
+                actor=actor,
+                details={
+                    "archive": result.path.name,
+                    "size": result.path.stat().st_size,
+                    "verified": verified,
+                    "rows": sum(result.manifest.row_counts.values()),
+                },
+            )
             await session.commit()
         logger.info("backup written", extra={"archive": result.path.name, "verified": verified})

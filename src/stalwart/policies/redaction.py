@@ -8,7 +8,8 @@ sensitive when their name contains one of `SENSITIVE_WORDS` (so `new_password`,
 for the input values pydantic and FastAPI echo in validation errors (`input_value=...`,
 `'input': ...`), which may be a password whatever the field is called, for our prefixed bearer
 tokens (`stw_...`) wherever they appear, and for the bound parameters SQLAlchemy appends to
-its error messages (`[parameters: ...]`: emails, hashes).
+its error messages (`[parameters: ...]`) and PostgreSQL's `DETAIL:` lines (the offending row);
+email addresses lose their local part.
 
 The access log needs none of this: it never carries headers (except the user agent) nor query
 values, so redaction stays off the per-request hot path.
@@ -51,7 +52,7 @@ SENSITIVE_WORDS: tuple[str, ...] = (
 _SENSITIVE_KEY = re.compile("|".join(re.escape(word) for word in SENSITIVE_WORDS), re.IGNORECASE)
 
 # Cheap pre-check: text with none of these substrings cannot hold anything to redact.
-_HINT_WORDS = ("bearer", "basic", "input", "stw_", "parameters")
+_HINT_WORDS = ("bearer", "basic", "input", "stw_", "parameters", "@", "DETAIL:")
 _HINT = re.compile(
     "|".join([*(re.escape(word) for word in SENSITIVE_WORDS), *_HINT_WORDS]), re.IGNORECASE
 )
@@ -61,6 +62,12 @@ _CREDENTIAL_SCHEME = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/]+=*", re.
 # Our bearer tokens carry a prefix (stalwart.credentials.TOKEN_PREFIX) precisely so they can be
 # recognised anywhere, even with no key in front of them.
 _PREFIXED_TOKEN = re.compile(r"\bstw_[A-Za-z0-9_\-]{8,}")
+
+# PostgreSQL's DETAIL line quotes the offending row or key: `Failing row contains (...)`.
+_PG_DETAIL = re.compile(r"(DETAIL:\s+)[^\n]+")
+
+# Email addresses are personal data: the local part goes, the domain stays for debugging.
+_EMAIL = re.compile(r"(?<![\w.+\-])[\w.+\-]+@((?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,})\b")
 
 # SQLAlchemy error messages end with the statement's bound values (emails, hashes...).
 _SQL_PARAMETERS = re.compile(r"\[parameters: [^\n]*")
@@ -154,6 +161,14 @@ def _pair(match: re.Match[str]) -> str:
     return match["key"] + match["sep"] + (_redact_pairs(value) if _HINT.search(value) else value)
 
 
+def _detail(match: re.Match[str]) -> str:
+    return match[1] + REDACTED
+
+
+def _email(match: re.Match[str]) -> str:
+    return REDACTED + "@" + match[1]
+
+
 def _cookie(match: re.Match[str]) -> str:
     return match[1] + REDACTED
 
@@ -170,6 +185,10 @@ def redact_text(text: str) -> str:
     """`text` with every recognisable secret value replaced by `REDACTED`."""
     if not text or _HINT.search(text) is None:
         return text
+    if "DETAIL:" in text:
+        text = _PG_DETAIL.sub(_detail, text)
+    if "@" in text:
+        text = _EMAIL.sub(_email, text)
     if "stw_" in text:
         text = _PREFIXED_TOKEN.sub("stw_" + REDACTED, text)
     if "[parameters: " in text:

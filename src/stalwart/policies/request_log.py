@@ -23,7 +23,8 @@ writes them to stdout at most every `flush_interval` seconds (a `loop.call_later
 only while lines are waiting, so no task is ever left running) or as soon as `max_buffer`
 bytes are waiting, and at interpreter exit. Each flush writes chunks of at most `PIPE_BUF`
 bytes cut at line ends, one write(2) each, so with several workers sharing one pipe lines never
-interleave. The app lifespan should call `ACCESS_LOG.flush()` on shutdown.
+interleave. The middleware flushes it when the ASGI lifespan shuts down (uvicorn workers end
+with os._exit, which skips atexit); `ACCESS_LOG.flush()` can be called at any other time.
 """
 
 from __future__ import annotations
@@ -211,11 +212,15 @@ class RequestLogMiddleware:
         access_log: bool = True,
         anonymize: bool = False,
         sink: LineSink | None = None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.access_log = access_log
         self.anonymize = anonymize
         self.sink: LineSink = sink if sink is not None else ACCESS_LOG.write
+        # Called when the lifespan shuts down, so the last lines are out before the process
+        # ends (workers exit with os._exit, which skips atexit).
+        self.flush = flush if flush is not None else (ACCESS_LOG.flush if sink is None else None)
 
     @classmethod
     def from_settings(
@@ -230,7 +235,10 @@ class RequestLogMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan" and self.flush is not None:
+                await self.app(scope, receive, self._flushing_send(send))
+            else:
+                await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         raw_id: bytes | None = None
@@ -279,6 +287,17 @@ class RequestLogMiddleware:
             raise
         finally:
             self._log(scope, state, request_id, user_agent, status or 499, size, started)
+
+    def _flushing_send(self, send: Send) -> Send:
+        flush = self.flush
+        assert flush is not None
+
+        async def send_after_flush(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                flush()
+            await send(message)
+
+        return send_after_flush
 
     def _log(
         self,

@@ -131,7 +131,7 @@ async def test_concurrent_hits_share_round_trips(redis_client: Redis, key_prefix
     evaluate = backend._evaluate
 
     async def counting(batch: Any) -> Any:
-        calls.append(sum(n for _, _, n in batch))
+        calls.append(sum(len(waiters) for _, _, waiters in batch))
         return await evaluate(batch)
 
     backend._evaluate = counting  # type: ignore[method-assign]
@@ -151,10 +151,10 @@ async def test_script_is_reloaded_after_noscript(redis_client: Redis, key_prefix
     backend = backend_on(redis_client, key_prefix)
     policy = parse_policy("3/minute")
     assert (await backend.hit("k", policy)).remaining == 2
-    backend._sha = "0" * 40  # as after a Redis restart or SCRIPT FLUSH
+    backend._sha = b"0" * 40  # as after a Redis restart or SCRIPT FLUSH
     decision = await backend.hit("k", policy)
     assert (decision.allowed, decision.remaining, decision.degraded) == (True, 1, False)
-    assert backend._sha != "0" * 40
+    assert backend._sha != b"0" * 40
     assert backend.errors == 0
 
 
@@ -165,7 +165,7 @@ async def test_large_batches_are_split_and_survive_noscript(
     policy = parse_policy("2/minute")
     first = await asyncio.gather(*(backend.hit(f"k{i}", policy) for i in range(600)))
     assert [d.remaining for d in first] == [1] * 600
-    backend._sha = "0" * 40  # every chunk of the next pipeline gets NOSCRIPT
+    backend._sha = b"0" * 40  # every chunk of the next pipeline gets NOSCRIPT
     second = await asyncio.gather(*(backend.hit(f"k{i}", policy) for i in range(600)))
     assert [(d.allowed, d.remaining, d.degraded) for d in second] == [(True, 0, False)] * 600
     third = await asyncio.gather(*(backend.hit(f"k{i}", policy) for i in (0, 299, 599)))

@@ -7,50 +7,56 @@ skewed clocks agree on every window; the host clock is never used for a window.
 Throughput: one `EVALSHA` round trip per request halves the service's throughput, so
 hits are batched. The first hit of an idle backend starts a flusher task; every hit that
 arrives before that task runs (the rest of the current event-loop tick) and while its
-call is in flight joins the next batch. A batch is one `EVALSHA` over all its keys (split
-into a pipeline of calls past MAX_KEYS_PER_CALL keys), and hits on the same key in a
-batch become one count that the script applies as that many consecutive hits. Under load
-that is one round trip per batch, never more than one per request, and little client CPU
-per hit (redis-py's pure-Python reply parser costs more per reply than the hit itself).
+call is in flight joins the next batch. A batch is one `EVALSHA` over all its keys (a few
+pipelined ones past MAX_KEYS_PER_CALL keys), and hits on the same key in a batch become
+one count that the script applies as that many consecutive hits. Under load that is one
+round trip per batch, never more than one per request.
 
-Redis Cluster: a batch's keys would span slots; this backend needs a standalone Redis
-(or one primary behind a proxy).
+Client CPU is the other half of the cost: redis-py spends more packing arguments and
+parsing replies than the hit itself, so the command is packed here (constant parts built
+once), sent on a connection borrowed from the client's pool, and answered with a single
+bulk string.
 
 Outage: any error or a reply slower than `timeout` decides the affected hits without Redis
 (`fail_open`: allowed; otherwise refused, which the middleware answers with 503). The
 first failure logs one error, and for `retry_interval` seconds hits skip Redis entirely so
 an outage costs no latency; then one batch probes it again. Recovery logs once.
+
+Redis Cluster is not supported (a batch's keys span slots): use a standalone Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from stalwart.policies.rate_limit.backend import STATS
 from stalwart.policies.rate_limit.policy import Decision, Policy
 
-__all__ = ["HIT_SCRIPT", "RedisBackend"]
+__all__ = ["HIT_SCRIPT", "MAX_KEYS_PER_CALL", "RedisBackend"]
 
 logger = logging.getLogger("stalwart.rate_limit")
 
-# One call decides a whole batch. KEYS: counter hashes. ARGV[1]: clock offset in ms (tests);
-# ARGV[i + 1]: "limit:window_ms:hits" for KEYS[i]. Returns "count_before:ms_to_reset,..."
-# (one bulk string: far cheaper for the client to read than nested arrays).
+# One call decides a batch. KEYS: counter hashes. ARGV[1]: clock offset in ms (tests only);
+# ARGV[2]: "limit:window_ms:hits" for each key, comma-separated, in KEYS order.
+# Returns "count_before:ms_to_reset" per key, comma-separated: one bulk string is far
+# cheaper for the client to read than nested arrays.
 HIT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 local out = {}
-for i, key in ipairs(KEYS) do
-  local limit, window, n = string.match(ARGV[i + 1], '^(%d+):(%d+):(%d+)$')
+local i = 0
+for limit, window, n in string.gmatch(ARGV[2], '(%d+):(%d+):(%d+)') do
+  i = i + 1
+  local key = KEYS[i]
   limit = tonumber(limit)
-  window = tonumber(window)
   n = tonumber(n)
   local v = redis.call('HMGET', key, 'c', 'r')
   local count = tonumber(v[1])
@@ -58,7 +64,7 @@ for i, key in ipairs(KEYS) do
   local fresh = false
   if count == nil or reset == nil or now >= reset then
     count = 0
-    reset = now + window
+    reset = now + tonumber(window)
     fresh = true
   end
   local take = math.min(n, limit - count)
@@ -72,12 +78,17 @@ for i, key in ipairs(KEYS) do
 end
 return table.concat(out, ',')
 """
+HIT_SCRIPT_SHA = hashlib.sha1(HIT_SCRIPT.encode(), usedforsecurity=False).hexdigest().encode()
 
-# Keys per script call: a script blocks Redis while it runs, so a huge batch is split.
+# A script blocks Redis while it runs, so a huge batch is split into pipelined calls.
 MAX_KEYS_PER_CALL = 256
 
-_Batch = dict[tuple[str, Policy], list["asyncio.Future[Decision]"]]
+_Entry = tuple[str, Policy, list["asyncio.Future[Decision]"]]
 _FAILURES = (RedisError, OSError, TimeoutError)
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 class RedisBackend:
@@ -103,33 +114,41 @@ class RedisBackend:
         self.errors = 0
         self.down = False
         self._retry_at = 0.0
-        self._sha: str | None = None
+        self._sha = HIT_SCRIPT_SHA
         self._specs: dict[Policy, bytes] = {}
-        self._pending: _Batch = {}
+        self._pending: dict[object, _Entry] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     async def hit(self, key: str, policy: Policy) -> Decision:
         if self.down and time.monotonic() < self._retry_at:
             return self._degraded(policy)
-        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        waiters = self._pending.get((key, policy))
-        if waiters is None:
-            self._pending[(key, policy)] = [future]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
+        pending = self._pending
+        slot: object = key
+        entry = pending.get(slot)
+        if entry is not None and entry[1] is not policy:
+            # Same key under another policy object: its own entry (the script runs both).
+            slot = (key, id(policy))
+            entry = pending.get(slot)
+        if entry is None:
+            pending[slot] = (key, policy, [future])
         else:
-            waiters.append(future)
+            entry[2].append(future)
         if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = loop.create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
-        batch: _Batch = {}
+        batch: list[_Entry] = []
         try:
             while self._pending:
-                batch, self._pending = self._pending, {}
+                batch = list(self._pending.values())
+                self._pending = {}
                 await self._send(batch)
         except BaseException:
             # Cancelled at shutdown, or a bug: never leave a request waiting forever.
-            for waiters in (*batch.values(), *self._pending.values()):
+            for _, _, waiters in (*batch, *self._pending.values()):
                 for future in waiters:
                     future.cancel()
             self._pending = {}
@@ -137,34 +156,35 @@ class RedisBackend:
         finally:
             self._flusher = None
 
-    async def _send(self, batch: _Batch) -> None:
-        items = list(batch.items())
+    async def _send(self, batch: list[_Entry]) -> None:
         try:
             async with asyncio.timeout(self.timeout):
-                calls = [(key, policy, len(waiters)) for (key, policy), waiters in items]
-                replies = await self._evaluate(calls)
+                replies = await self._evaluate(batch)
         except _FAILURES as exc:
             self._failed(exc, batch)
             return
         if self.down:
             self.down = False
             logger.info("rate limit backend recovered; counting in Redis again")
-        for ((_, policy), waiters), (before, reset_ms) in zip(items, replies, strict=True):
+        hits = rejections = 0
+        for (_, policy, waiters), (before, reset_ms) in zip(batch, replies, strict=True):
             reset_after = reset_ms / 1000
             limit = policy.limit
             used = before
             for future in waiters:
                 used += 1
-                allowed = used <= limit
-                self.hits += 1
-                STATS.hits += 1
-                if not allowed:
-                    self.rejections += 1
-                    STATS.rejections += 1
+                hits += 1
+                if used <= limit:
+                    decision = Decision(True, limit - used, reset_after, policy)
+                else:
+                    rejections += 1
+                    decision = Decision(False, 0, reset_after, policy)
                 if not future.done():
-                    future.set_result(
-                        Decision(allowed, limit - used if allowed else 0, reset_after, policy)
-                    )
+                    future.set_result(decision)
+        self.hits += hits
+        self.rejections += rejections
+        STATS.hits += hits
+        STATS.rejections += rejections
 
     def _spec(self, policy: Policy) -> bytes:
         spec = self._specs.get(policy)
@@ -172,48 +192,24 @@ class RedisBackend:
             spec = self._specs[policy] = b"%d:%d:" % (policy.limit, policy.window_ms)
         return spec
 
-    async def _evaluate(self, calls: list[tuple[str, Policy, int]]) -> list[tuple[int, int]]:
-        """(count before, ms to reset) per call, in order; one round trip for the lot."""
-        if self._sha is None:
-            self._sha = await self.redis.script_load(HIT_SCRIPT)
+    def _pack(self, batch: list[_Entry]) -> bytes:
         prefix = self.prefix
-        chunks: list[list[Any]] = []
-        for start in range(0, len(calls), MAX_KEYS_PER_CALL):
-            chunk = calls[start : start + MAX_KEYS_PER_CALL]
-            chunks.append(
-                [
-                    len(chunk),
-                    *[prefix + key for key, _, _ in chunk],
-                    self.clock_offset_ms,
-                    *[self._spec(policy) + b"%d" % n for _, policy, n in chunk],
-                ]
-            )
-        replies = await self._run(chunks)
-        results: list[tuple[int, int]] = []
-        for reply in replies:
-            for item in reply.split(b","):
-                before, _, reset_ms = item.partition(b":")
-                results.append((int(before), int(reset_ms)))
-        return results
+        parts = [
+            b"*%d\r\n$7\r\nEVALSHA\r\n%s%s"
+            % (len(batch) + 5, _bulk(self._sha), _bulk(b"%d" % len(batch)))
+        ]
+        parts += [_bulk((prefix + key).encode()) for key, _, _ in batch]
+        parts.append(_bulk(b"%d" % self.clock_offset_ms))
+        parts.append(_bulk(b",".join([self._spec(p) + b"%d" % len(w) for _, p, w in batch])))
+        return b"".join(parts)
 
-    async def _run(self, chunks: list[list[Any]]) -> list[bytes]:
+    async def _evaluate(self, batch: list[_Entry]) -> list[tuple[int, int]]:
+        """(count before, ms to reset) per entry, in order; one round trip for the lot."""
+        chunks = [batch[i : i + MAX_KEYS_PER_CALL] for i in range(0, len(batch), MAX_KEYS_PER_CALL)]
         replies: list[Any] = [None] * len(chunks)
         todo = list(range(len(chunks)))
         for _ in range(2):
-            sha = self._sha
-            assert sha is not None
-            if len(todo) == 1:
-                try:
-                    answers: list[Any] = [
-                        await cast("Awaitable[bytes]", self.redis.evalsha(sha, *chunks[todo[0]]))
-                    ]
-                except NoScriptError as exc:
-                    answers = [exc]
-            else:
-                pipe = self.redis.pipeline(transaction=False)
-                for i in todo:
-                    pipe.evalsha(sha, *chunks[i])
-                answers = await pipe.execute(raise_on_error=False)
+            answers = await self._roundtrip([self._pack(chunks[i]) for i in todo])
             missing = []
             for i, answer in zip(todo, answers, strict=True):
                 if isinstance(answer, NoScriptError):
@@ -223,13 +219,49 @@ class RedisBackend:
                 else:
                     replies[i] = answer
             if not missing:
-                return replies
+                break
             # Redis restarted or SCRIPT FLUSH: a NOSCRIPT call did not run, so resending is safe.
-            self._sha = await self.redis.script_load(HIT_SCRIPT)
+            self._sha = (await self.redis.script_load(HIT_SCRIPT)).encode()
             todo = missing
-        raise NoScriptError("the rate limit script vanished twice in a row")
+        else:
+            raise NoScriptError("the rate limit script vanished twice in a row")
+        results: list[tuple[int, int]] = []
+        for reply in replies:
+            for item in reply.split(b","):
+                before, _, reset_ms = item.partition(b":")
+                results.append((int(before), int(reset_ms)))
+        return results
 
-    def _failed(self, exc: BaseException, batch: _Batch) -> None:
+    async def _roundtrip(self, commands: list[bytes]) -> list[Any]:
+        """Send packed commands in one write and read one reply each (errors as values)."""
+        pool = self.redis.connection_pool
+        for attempt in range(2):
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.send_packed_command(b"".join(commands), check_health=False)
+                answers: list[Any] = []
+                for _ in commands:
+                    try:
+                        answers.append(await conn.read_response())
+                    except ResponseError as exc:
+                        answers.append(exc)
+                return answers
+            except RedisConnectionError:
+                # A pooled connection can be stale after a Redis restart: one fresh attempt.
+                # (If the script ran before the connection dropped, its hits count twice:
+                # the error is on the strict side.)
+                await conn.disconnect()
+                if attempt:
+                    raise
+            except BaseException:
+                # Cancelled or timed out mid-reply: the connection's state is unknown.
+                await conn.disconnect()
+                raise
+            finally:
+                await pool.release(conn)
+        raise AssertionError("unreachable")
+
+    def _failed(self, exc: BaseException, batch: list[_Entry]) -> None:
         self._retry_at = time.monotonic() + self.retry_interval
         if not self.down:
             self.down = True
@@ -238,7 +270,7 @@ class RedisBackend:
                 type(exc).__name__,
                 "allowing" if self.fail_open else "refusing",
             )
-        for (_, policy), waiters in batch.items():
+        for _, policy, waiters in batch:
             for future in waiters:
                 if not future.done():
                     future.set_result(self._degraded(policy))

@@ -1,0 +1,140 @@
+"""The trash: deleted notes, restorable until the retention purge removes them for good."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timedelta
+from typing import Annotated
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy import and_, delete, or_, select
+from starlette.exceptions import HTTPException
+
+from stalwart.api.deps import Caller, Res, Session
+from stalwart.api.lifecycle_schemas import TrashedNoteOut
+from stalwart.api.responses import errors
+from stalwart.api.schemas import ListPage, NoteOut
+from stalwart.data.models import Note, NoteTag
+from stalwart.data.types import utcnow
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1/trash", tags=["trash"])
+
+_NOT_FOUND = "No such note in your trash."
+
+
+def _cursor(note: Note) -> str:
+    assert note.deleted_at is not None
+    raw = orjson.dumps([note.deleted_at.isoformat(), note.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        deleted, note_id = orjson.loads(raw)
+        at = datetime.fromisoformat(deleted)
+        if at.tzinfo is None:
+            raise ValueError("naive datetime")
+        return at, str(note_id)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise HTTPException(400, "The cursor is not one this API issued.") from None
+
+
+def _out(note: Note, keep_days: int) -> TrashedNoteOut:
+    assert note.deleted_at is not None
+    return TrashedNoteOut(
+        id=note.id,
+        title=note.title,
+        body=note.body,
+        tags=list(note.tags),
+        created_at=note.created_at,
+        updated_at=note.updated_at,
+        version=note.version,
+        deleted_at=note.deleted_at,
+        purge_after=note.deleted_at + timedelta(days=keep_days),
+    )
+
+
+async def _trashed(session: Session, caller: Caller, note_id: str) -> Note:
+    note = await session.scalar(
+        select(Note).where(
+            Note.id == note_id, Note.account_id == caller.account_id, Note.deleted_at.is_not(None)
+        )
+    )
+    if note is None:
+        raise HTTPException(404, _NOT_FOUND)
+    return note
+
+
+@router.get(
+    "",
+    response_model=ListPage[TrashedNoteOut],
+    responses=errors(400, 401, 422),
+    summary="List the notes in your trash, most recently deleted first",
+)
+async def list_trash(
+    request: Request,
+    caller: Caller,
+    session: Session,
+    resources: Res,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ListPage[TrashedNoteOut]:
+    stmt = (
+        select(Note)
+        .where(Note.account_id == caller.account_id, Note.deleted_at.is_not(None))
+        .order_by(Note.deleted_at.desc(), Note.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor:
+        at, last_id = _decode(cursor)
+        stmt = stmt.where(or_(Note.deleted_at < at, and_(Note.deleted_at == at, Note.id < last_id)))
+    rows = list((await session.scalars(stmt)).all())
+    next_url = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_url = f"{request.url.path}?{urlencode({'limit': limit, 'cursor': _cursor(rows[-1])})}"
+    keep = resources.settings.retention_trash_days
+    return ListPage[TrashedNoteOut](data=[_out(n, keep) for n in rows], next=next_url)
+
+
+@router.post(
+    "/{note_id}/restore",
+    response_model=NoteOut,
+    responses=errors(401, 404),
+    summary="Restore a note from your trash",
+)
+async def restore_note(note_id: str, caller: Caller, session: Session) -> NoteOut:
+    note = await _trashed(session, caller, note_id)
+    note.deleted_at = None
+    note.updated_at = utcnow()
+    note.version += 1  # a restored note is a new version: cached copies must not match
+    await session.commit()
+    return NoteOut(
+        id=note.id,
+        title=note.title,
+        body=note.body,
+        tags=list(note.tags),
+        created_at=note.created_at,
+        updated_at=note.updated_at,
+        version=note.version,
+    )
+
+
+@router.delete(
+    "/{note_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(401, 404),
+    summary="Delete a note from your trash for good, now",
+)
+async def purge_note(note_id: str, caller: Caller, session: Session) -> Response:
+    note = await _trashed(session, caller, note_id)
+    await session.execute(delete(NoteTag).where(NoteTag.note_id == note.id))
+    await session.delete(note)
+    await session.commit()
+    return Response(status_code=204)
