@@ -105,5 +105,28 @@ app.add_typer(backup_app, name="backup")
 app.command("restore")(restore_command)
 
 
+@app.command()
+def audit(
+    url: Annotated[str, typer.Argument(help="Base URL of the API, e.g. https://api.example.com")],
+    insecure: Annotated[bool, typer.Option(help="Do not verify the TLS certificate")] = False,
+) -> None:
+    """Check a live API against the production policy; exit 1 if any check fails."""
+    from rich.table import Table
+
+    from stalwart.audit import run_audit
+
+    findings = run_audit(url.rstrip("/"), verify=not insecure)
+    table = Table(title=f"policy audit of {url}")
+    for column in ("", "check", "result", "policy"):
+        table.add_column(column)
+    for f in findings:
+        table.add_row("[green]PASS[/green]" if f.ok else "[red]FAIL[/red]", f.check, f.detail, f.policy)
+    out.print(table)
+    failed = sum(not f.ok for f in findings)
+    out.print(f"{len(findings) - failed} of {len(findings)} checks passed")
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     sys.exit(app())

@@ -45,6 +45,7 @@ __all__ = [
     "passphrase_of",
     "read_manifest",
     "verify_archive_bytes",
+    "verify_archive_file",
     "write_archive",
 ]
 
@@ -326,8 +327,15 @@ def read_manifest(path: Path) -> Manifest:
 def verify_archive_bytes(path: Path) -> Manifest:
     """Check the whole-archive checksum and layout; return the manifest."""
     try:
-        size = path.stat().st_size
-        with tarfile.open(path, mode="r:") as tar:
+        with path.open("rb") as fh:
+            return verify_archive_file(fh, path.stat().st_size)
+    except OSError:
+        raise ArchiveError("archive is unreadable") from None
+
+
+def verify_archive_file(fh: IO[bytes], size: int) -> Manifest:
+    try:
+        with tarfile.open(fileobj=fh, mode="r:") as tar:
             return _verify_open(tar, size)
     except (tarfile.TarError, EOFError, OSError):
         raise ArchiveError("archive is corrupt or truncated (unreadable tar)") from None

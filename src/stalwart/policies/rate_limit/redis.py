@@ -112,6 +112,8 @@ class RedisBackend:
         self.hits = 0
         self.rejections = 0
         self.errors = 0
+        # Calls to Redis: hits / round_trips is how well concurrent hits are coalesced.
+        self.round_trips = 0
         self.down = False
         self._retry_at = 0.0
         self._sha = HIT_SCRIPT_SHA
@@ -235,6 +237,7 @@ class RedisBackend:
     async def _roundtrip(self, commands: list[bytes]) -> list[Any]:
         """Send packed commands in one write and read one reply each (errors as values)."""
         pool = self.redis.connection_pool
+        self.round_trips += 1
         for attempt in range(2):
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
