@@ -12,6 +12,7 @@ turns into scope["client"] in every variant, bare included).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import socket
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -71,23 +73,26 @@ def create_app() -> Any:
                         break
             await self.app(scope, receive, send)
 
-    app: ASGIApp = Starlette(routes=[Route("/x", ok)])
     variant = os.environ["BENCH_VARIANT"]
     policy = parse_policy("1000000000/hour")
+    backend: Any = None
     if variant == "memory":
-        app = RateLimitMiddleware(app, MemoryBackend(), policy=policy)
+        backend = MemoryBackend()
     elif variant == "redis":
         redis = Redis.from_url(REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
         backend = RedisBackend(redis, prefix=os.environ["BENCH_PREFIX"], timeout=0.5)
-        app = RateLimitMiddleware(app, backend, policy=policy)
 
-        import atexit
-
-        def report() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if isinstance(backend, RedisBackend):
             per_call = backend.hits / max(1, backend.round_trips)
             print(f"redis variant: {per_call:.1f} hits per round trip", file=sys.stderr)
+            await backend.redis.aclose()
 
-        atexit.register(report)
+    app: ASGIApp = Starlette(routes=[Route("/x", ok)], lifespan=lifespan)
+    if backend is not None:
+        app = RateLimitMiddleware(app, backend, policy=policy)
     return ClientFromHeader(app)
 
 

@@ -124,9 +124,12 @@ def _server(tmp_path: Path, drain: float, supervised: bool = False) -> GracefulS
     return GracefulServer(config, drain_seconds=drain, supervised=supervised)
 
 
-async def test_first_signal_flips_readiness_then_waits_the_drain(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_first_signal_flips_readiness_then_waits_the_drain(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     server = _server(tmp_path, drain=0.3)
-    server.handle_exit(signal.SIGTERM, None)
+    server.handle_exit(sig, None)
     assert drain_state.draining is True
     assert server.config.loaded_app.state.resources.shutting_down is True
     assert server.should_exit is False

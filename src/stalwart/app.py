@@ -12,6 +12,7 @@ from stalwart.api import router as api_router
 from stalwart.api.docs import swagger_assets
 from stalwart.api.openapi import install_openapi
 from stalwart.policies.stack import install_policies
+from stalwart.policies.static import mount_static, static_directory
 from stalwart.resources import Resources
 from stalwart.settings import Settings, production_problems
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.resources = resources
     app.include_router(api_router)
     app.mount("/docs/assets", swagger_assets(), name="docs-assets")
+    mount_static(app, static_directory(settings))  # /static, policies/static.py
     install_openapi(app)
     install_policies(app, settings, resources)
     return app

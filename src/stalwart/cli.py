@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -126,6 +127,22 @@ def audit(
     out.print(f"{len(findings) - failed} of {len(findings)} checks passed")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("build-static")
+def build_static_command(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Folder (default: STALWART_STATIC_DIR or packaged)")
+    ] = None,
+) -> None:
+    """Write .br and .gz variants next to each compressible static file (run at build time)."""
+    from stalwart.policies.static import build_static, static_directory
+
+    target = directory if directory is not None else static_directory(_settings())
+    written = build_static(target)
+    for path in written:
+        out.print(str(path))
+    out.print(f"{len(written)} compressed variants written under {target}")
 
 
 def main() -> None:

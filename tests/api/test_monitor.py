@@ -191,7 +191,7 @@ async def test_volume_rates_and_percentiles_by_route_template(app_client: AppCli
     for text in (r.text, metrics.text):
         assert raw not in text
         assert unmatched not in text
-    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
     counted = {
         (s.labels["route"], s.labels["status_class"]): s.value
@@ -316,7 +316,8 @@ async def test_background_sampler_evaluates_alerts_and_logs_once(
         lines = lines_for(alert_lines, "memory_rss")
         assert len(lines) == 1
         assert lines[0][0] == "WARNING"
-        assert re.fullmatch(r"alert memory_rss firing: [\d.]+ MiB above threshold 1\.0", lines[0][1])
+        pattern = r"alert memory_rss firing: [\d.]+ MiB above threshold 1\.0"
+        assert re.fullmatch(pattern, lines[0][1])
         body = (await client.get("/api/monitor", headers=AUTH)).json()
     alert = next(a for a in body["alerts"] if a["name"] == "memory_rss")
     assert alert["state"] == "firing"

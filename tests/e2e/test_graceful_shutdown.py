@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 DRAIN = 1.5
-SLOW = 3.5
+SLOW = 5.0
 
 
 class Server:
@@ -143,7 +143,7 @@ def test_sigterm_drains_then_finishes_in_flight_requests_and_exits_0(
 
             # After the drain: the listener is closed while the slow requests still run.
             time.sleep(max(0.0, signalled + DRAIN + 0.5 - time.monotonic()))
-            assert time.monotonic() - signalled < SLOW - 0.5, "too late to prove anything"
+            assert time.monotonic() - signalled < SLOW - 1.0, "too late to prove anything"
             assert refused(server.port)
             assert not any(f.done() for f in futures)
 

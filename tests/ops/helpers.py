@@ -16,12 +16,13 @@ from sqlalchemy.engine import make_url
 
 from stalwart.data.engine import Database
 from stalwart.data.migrate import migrate_to
-from stalwart.data.models import Account, AuditEvent, Note, NoteTag, Token
+from stalwart.data.models import Account, AuditEvent, Note, NoteTag, Token, new_id
 from stalwart.data.types import utcnow
 from stalwart.settings import Settings
 from tests.conftest import PG_ADMIN_DSN, _pg_available, require_service
 
 __all__ = [
+    "remains_of",
     "all_rows",
     "count_tables",
     "destroy_database",
@@ -147,24 +148,26 @@ async def seed(
         async with db.session() as session:
             for i in range(accounts):
                 account = Account(
+                    id=new_id(),
                     email=f"{email_prefix}-{i}-{uuid.uuid4().hex[:6]}@example.com",
                     password_hash="$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
                     display_name=f"Seed {i}", role="user",
                     last_login_at=now if last_login else None,
                 )
+                ids.append(account.id)
+                notes_of = [
+                    Note(id=new_id(), account_id=account.id, title=f"note {j}", body="x" * 50,
+                         tags=["a", "b"], deleted_at=now if j == 0 else None)
+                    for j in range(notes)
+                ]
                 session.add(account)
                 await session.flush()
-                ids.append(account.id)
-                for j in range(notes):
-                    note = Note(
-                        account_id=account.id, title=f"note {j}", body="x" * 50, tags=["a", "b"],
-                        deleted_at=now if j == 0 else None,
-                    )
-                    session.add(note)
-                    await session.flush()
-                    session.add_all([
-                        NoteTag(note_id=note.id, tag=t, account_id=account.id) for t in ("a", "b")
-                    ])
+                session.add_all(notes_of)
+                await session.flush()
+                session.add_all([
+                    NoteTag(note_id=n.id, tag=t, account_id=account.id)
+                    for n in notes_of for t in ("a", "b")
+                ])
                 session.add(Token(account_id=account.id, token_hash=uuid.uuid4().hex * 2,
                                   expires_at=now + timedelta(days=1)))
                 session.add(AuditEvent(event="auth.login", subject=account.id, actor=account.id,
@@ -189,3 +192,13 @@ def sqlite_count(url: str, table: str) -> int:
 
 def at(days_ago: float) -> datetime:
     return utcnow() - timedelta(days=days_ago)
+
+
+async def remains_of(settings: Settings, account_id: str, email: str) -> dict[str, list[Any]]:
+    """Rows, table by table, where the account's id or email still appears in any column."""
+    found: dict[str, list[Any]] = {}
+    for table, rows in (await all_rows(settings)).items():
+        hits = [r for r in rows if any(account_id in str(v) or email in str(v) for v in r)]
+        if hits:
+            found[table] = hits
+    return found

@@ -413,3 +413,34 @@ def test_static_directory_defaults_to_the_packaged_folder(tmp_path: Path) -> Non
     assert PACKAGED_STATIC_DIR.is_dir()
     assert static_directory(make_settings(tmp_path)) == PACKAGED_STATIC_DIR
     assert static_directory(make_settings(tmp_path, static_dir=tmp_path)) == tmp_path
+
+
+async def test_the_app_serves_static_files_through_the_whole_policy_stack(
+    site: Path, tmp_path: Path
+) -> None:
+    from stalwart.app import create_app
+
+    build_static(site)
+    settings = make_settings(tmp_path, static_dir=site, database_url="")
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        br = await get(application, "/static/app.js", {"Accept-Encoding": "br, gzip"})
+        assert br.status_code == 200
+        assert br.headers["content-encoding"] == "br"  # the variant, not compressed twice
+        assert brotli.decompress(br.content) == JS
+        assert "Accept-Encoding" in [v.strip() for v in br.headers["vary"].split(",")]
+        assert br.headers["x-content-type-options"] == "nosniff"
+        missing = await get(application, "/static/nope.js")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+
+
+def test_build_static_command(site: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stalwart.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["build-static", str(site)])
+    assert result.exit_code == 0, result.output
+    assert "4 compressed variants written under" in result.output
+    assert (site / "app.js.br").is_file()

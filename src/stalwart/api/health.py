@@ -6,11 +6,11 @@ Both are exempt from rate limiting (policies/rate_limit) and from the HTTPS redi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from stalwart.monitoring.health import HEALTH_CONTENT_TYPE
@@ -57,8 +57,15 @@ class HealthOut(BaseModel):
     )
 
 
-class HealthResponse(Response):
+class HealthResponse(JSONResponse):
+    """Bodies are rendered by orjson before; a JSONResponse so the spec shows the model."""
+
     media_type = HEALTH_CONTENT_TYPE
+
+    def render(self, content: Any) -> bytes:
+        # FastAPI documents a non-JSONResponse class as `{"type": "string"}`, which is false.
+        assert isinstance(content, bytes)
+        return content
 
 
 _LIVE_BODY = orjson.dumps({"status": "pass"})

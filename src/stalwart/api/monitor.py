@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException
 
 from stalwart.api.monitor_report import build_report
@@ -103,7 +103,7 @@ async def monitor(request: Request) -> Response:
     "/metrics",
     dependencies=[Depends(monitor_access)],
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+        200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Prometheus text 0.0.4"},
         **errors(401, 403),
     },
     response_class=Response,
@@ -114,4 +114,4 @@ async def metrics(request: Request) -> Response:
     settings = request.app.state.settings
     cluster = await monitoring.cluster()
     body = render_metrics(cluster, service=settings.service_id, environment=settings.env.value)
-    return Response(body, media_type=CONTENT_TYPE_LATEST, headers=_NO_STORE)
+    return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4, headers=_NO_STORE)

@@ -1,9 +1,10 @@
 """`Monitoring`: one per app. Owns the request recorder, the health checker, the alerts and the
-two background tasks (sampler and publisher), started and stopped by the app lifespan through
-`Resources.start()` / `Resources.close()`.
+three background tasks, started and stopped by the app lifespan through `Resources.start()` /
+`Resources.close()`:
 
-- sampler (every `monitor_sample_seconds`): event-loop lag, process figures; every
-  `alert_eval_seconds` the alerts are evaluated (and transitions logged).
+- sampler (every `monitor_sample_seconds`): event-loop lag and process figures. It awaits
+  nothing but its sleep, so a blocked loop always shows as lag.
+- alerts (every `alert_eval_seconds`): evaluates the alerts and logs transitions.
 - publisher (every `metrics_publish_seconds`): this process's snapshot to the share (Redis or a
   folder), so that `/api/monitor` and `/metrics` served by any worker cover all of them.
 """
@@ -121,6 +122,7 @@ class Monitoring:
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self._sample_forever(), name="stalwart-monitor-sampler"),
+                asyncio.create_task(self._alert_forever(), name="stalwart-monitor-alerts"),
                 asyncio.create_task(self._publish_forever(), name="stalwart-monitor-publisher"),
             ]
 
@@ -249,7 +251,6 @@ class Monitoring:
 
     async def _sample_forever(self) -> None:
         interval = self.settings.monitor_sample_seconds
-        next_alerts = time.monotonic() + self.settings.alert_eval_seconds
         while True:
             started = time.monotonic()
             await asyncio.sleep(interval)
@@ -257,13 +258,17 @@ class Monitoring:
             self._lag_peak = max(self._lag_peak, lag)
             try:
                 self.sampler.sample(lag)
-                if time.monotonic() >= next_alerts:
-                    next_alerts = time.monotonic() + self.settings.alert_eval_seconds
-                    await self.evaluate_alerts()
-            except asyncio.CancelledError:
-                raise
             except Exception:
-                logger.exception("monitoring sampler failed; retrying")
+                logger.exception("process sampling failed; retrying")
+
+    async def _alert_forever(self) -> None:
+        interval = self.settings.alert_eval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.evaluate_alerts()
+            except Exception:
+                logger.exception("alert evaluation failed; retrying")
 
     async def publish(self) -> None:
         await self.share.publish(self.instance_id, orjson.dumps(self.snapshot()))
@@ -278,8 +283,6 @@ class Monitoring:
                 if self._publish_failing:
                     self._publish_failing = False
                     logger.info("metrics sharing (%s) works again", self.share.mode)
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 if not self._publish_failing:
                     self._publish_failing = True

@@ -6,7 +6,7 @@ import pytest
 
 from stalwart.policies.rate_limit import Decision, MemoryBackend, account_key, parse_policy
 
-from .conftest import FakeClock
+from .conftest import FakeClock, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -58,3 +58,51 @@ async def test_a_reopened_window_survives_its_old_expiry_entry(clock: FakeClock)
     clock.advance(60)
     await backend.hit("k", policy)
     assert (await backend.hit("k", policy)).remaining == 1
+
+
+async def test_a_route_refuses_with_the_same_problem_as_the_middleware(clock: FakeClock) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from stalwart.policies.rate_limit import quota_exceeded
+
+    backend = MemoryBackend(clock=clock)
+    policy = parse_policy("2/15minutes")
+
+    async def login(request: Request) -> Response:
+        decision = await backend.hit(account_key("alice@example.com"), policy)
+        if not decision.allowed:
+            return quota_exceeded(request, decision)
+        return PlainTextResponse("token")
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"])])
+    async with client_for(app) as client:
+        statuses = [(await client.post("/login")).status_code for _ in range(2)]
+        clock.advance(100.5)
+        r = await client.post("/login")
+    assert statuses == [200, 200]
+    assert r.status_code == 429
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["ratelimit-policy"] == '"2-in-15min";q=2;w=900'
+    assert r.headers["ratelimit"] == '"2-in-15min";r=0;t=800'
+    assert r.headers["retry-after"] == "800"
+    body = r.json()
+    assert body["type"].endswith("/quota-exceeded")
+    assert body["violated-policies"] == ["2-in-15min"]
+
+
+async def test_route_refusal_when_the_store_is_down_and_fail_closed() -> None:
+    from starlette.requests import Request
+
+    from stalwart.policies.rate_limit import quota_exceeded
+
+    policy = parse_policy("2/15minutes")
+    request = Request({"type": "http", "method": "POST", "path": "/login", "headers": []})
+    response = quota_exceeded(request, Decision(False, 2, 900.0, policy, degraded=True))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["ratelimit-policy"] == '"2-in-15min";q=2;w=900'
+    assert "ratelimit" not in response.headers
+    assert b"service-unavailable" in response.body

@@ -27,6 +27,7 @@ from stalwart.policies.rate_limit.middleware import (
 )
 from stalwart.policies.rate_limit.policy import Decision, Policy, parse_policy
 from stalwart.policies.rate_limit.redis import RedisBackend
+from stalwart.policies.rate_limit.responses import quota_exceeded
 
 __all__ = [
     "DEFAULT_EXEMPT_PATHS",
@@ -47,6 +48,7 @@ __all__ = [
     "client_key",
     "login_account_policy",
     "parse_policy",
+    "quota_exceeded",
     "rate_limit_headers",
     "rate_limit_middleware",
     "route_limits_from_settings",

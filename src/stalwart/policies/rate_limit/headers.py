@@ -6,7 +6,7 @@ and `RateLimit: "100-in-15min";r=99;t=900`, `t` being whole seconds until the wi
 
 from __future__ import annotations
 
-import math
+from math import ceil
 
 from stalwart.policies.rate_limit.policy import Decision, Policy
 
@@ -15,7 +15,7 @@ __all__ = ["PolicyHeaders", "rate_limit_headers", "seconds_until_reset"]
 
 def seconds_until_reset(decision: Decision) -> int:
     # Rounded up, so a client that waits this long finds the window reset.
-    return max(1, math.ceil(decision.reset_after))
+    return max(1, ceil(decision.reset_after))
 
 
 class PolicyHeaders:
@@ -33,22 +33,22 @@ class PolicyHeaders:
 
     def for_decision(self, decision: Decision) -> list[tuple[bytes, bytes]]:
         """Headers for a response under `decision` (plus Retry-After when it refuses)."""
-        if decision.degraded:
+        allowed, remaining, reset_after, _, degraded = decision
+        if degraded:
             # The store was not asked, so there is no remaining count to report.
             return [self.policy_header]
-        reset = seconds_until_reset(decision)
-        headers = [
-            self.policy_header,
-            (b"ratelimit", self.state_prefix + b"%d;t=%d" % (decision.remaining, reset)),
-        ]
-        if not decision.allowed:
-            headers.append((b"retry-after", b"%d" % reset))
-        return headers
+        # Rounded up, so a client that waits this long finds the window reset.
+        reset = ceil(reset_after) or 1
+        state = (b"ratelimit", self.state_prefix + b"%d;t=%d" % (remaining, reset))
+        if allowed:
+            return [self.policy_header, state]
+        return [self.policy_header, state, (b"retry-after", b"%d" % reset)]
 
 
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     """The same headers as a dict, for a route handler's response or HTTPException."""
+    names = {b"ratelimit-policy": "RateLimit-Policy", b"ratelimit": "RateLimit"}
     return {
-        name.decode(): value.decode()
+        names.get(name, "Retry-After"): value.decode()
         for name, value in PolicyHeaders(decision.policy).for_decision(decision)
     }

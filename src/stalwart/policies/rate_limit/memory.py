@@ -7,13 +7,14 @@ and O(1) time per hit; the trade-off is that a client can spend one budget at th
 a window and the next at the start of the following one.
 
 Bounded memory: windows of the same length expire in the order they were opened, so one
-deque per window length lists them oldest first and every hit drops the expired heads
-(amortised O(1)).
-Past `max_keys` live keys the oldest window is dropped early (that client starts afresh).
+deque per window length lists them oldest first, and once the earliest head's reset has
+passed a hit drops every expired head (amortised O(1)). Past `max_keys` live keys the
+window closest to its end is dropped early (that client starts afresh).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +44,8 @@ class MemoryBackend:
         self.errors = 0
         self._windows: dict[str, _Window] = {}
         self._expiry: dict[int, deque[tuple[str, _Window]]] = {}
+        # The earliest reset among the queue heads: until then there is nothing to expire.
+        self._next_expiry = math.inf
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -53,36 +56,55 @@ class MemoryBackend:
     def hit_nowait(self, key: str, policy: Policy) -> Decision:
         """`hit` without a coroutine: nothing here awaits, which is what makes it atomic."""
         now = self.clock()
-        windows = self._windows
-        # One queue per window length in use (a handful): sweeping all keeps memory tight.
-        for expiring in self._expiry.values():
-            while expiring and expiring[0][1].reset <= now:
-                old_key, old = expiring.popleft()
-                if windows.get(old_key) is old:
-                    del windows[old_key]
-        queue = self._expiry.get(policy.window)
-        if queue is None:
-            queue = self._expiry[policy.window] = deque()
-        window = windows.get(key)
+        if now >= self._next_expiry:
+            self._expire(now)
+        window = self._windows.get(key)
         if window is None or window.reset <= now:
-            if len(windows) >= self.max_keys and queue:
-                old_key, old = queue.popleft()
-                if windows.get(old_key) is old:
-                    del windows[old_key]
-            window = windows[key] = _Window(now + policy.window)
-            queue.append((key, window))
+            window = self._open(key, policy, now)
         self.hits += 1
-        STATS.hits += 1
-        if window.count < policy.limit:
-            window.count += 1
-            return Decision(True, policy.limit - window.count, window.reset - now, policy)
+        count = window.count
+        if count < policy.limit:
+            window.count = count = count + 1
+            return Decision(True, policy.limit - count, window.reset - now, policy)
         self.rejections += 1
         STATS.rejections += 1
         return Decision(False, 0, window.reset - now, policy)
 
+    def _open(self, key: str, policy: Policy, now: float) -> _Window:
+        queue = self._expiry.get(policy.window)
+        if queue is None:
+            queue = self._expiry[policy.window] = deque()
+        if len(self._windows) >= self.max_keys:
+            self._evict_oldest()
+        window = self._windows[key] = _Window(now + policy.window)
+        queue.append((key, window))
+        if window.reset < self._next_expiry:
+            self._next_expiry = window.reset
+        return window
+
+    def _expire(self, now: float) -> None:
+        windows = self._windows
+        next_expiry = math.inf
+        for queue in self._expiry.values():
+            while queue and queue[0][1].reset <= now:
+                key, window = queue.popleft()
+                if windows.get(key) is window:
+                    del windows[key]
+            if queue and queue[0][1].reset < next_expiry:
+                next_expiry = queue[0][1].reset
+        self._next_expiry = next_expiry
+
+    def _evict_oldest(self) -> None:
+        heads = [queue for queue in self._expiry.values() if queue]
+        if heads:
+            key, window = min(heads, key=lambda q: q[0][1].reset).popleft()
+            if self._windows.get(key) is window:
+                del self._windows[key]
+
     def clear(self) -> None:
         self._windows.clear()
         self._expiry.clear()
+        self._next_expiry = math.inf
 
     async def aclose(self) -> None:
         self.clear()
