@@ -31,7 +31,10 @@ def test_safe_production_configuration_has_no_problems() -> None:
     ("overrides", "message"),
     [
         ({"secret_key": ""}, "STALWART_SECRET_KEY is unset or the development default"),
-        ({"secret_key": "dev-insecure-secret-key-change-me"}, "STALWART_SECRET_KEY is unset or the development default"),
+        (
+            {"secret_key": "dev-insecure-secret-key-change-me"},
+            "STALWART_SECRET_KEY is unset or the development default",
+        ),
         ({"secret_key": "short"}, "STALWART_SECRET_KEY is shorter than 32 characters"),
         ({"debug": True}, "STALWART_DEBUG is on"),
         ({"cors_origins": ""}, "STALWART_CORS_ORIGINS is empty"),

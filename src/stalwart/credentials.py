@@ -13,7 +13,7 @@ from stalwart.settings import Settings
 
 __all__ = ["TOKEN_PREFIX", "Passwords", "hash_token", "new_token"]
 
-TOKEN_PREFIX = "stw_"
+TOKEN_PREFIX = "stw_"  # noqa: S105 - a public marker, not a secret
 
 
 def new_token() -> str:

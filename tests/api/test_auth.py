@@ -16,7 +16,9 @@ from tests.conftest import Account
 pytestmark = pytest.mark.anyio
 
 
-async def test_login_returns_token_stored_only_as_sha256(client: httpx.AsyncClient, alice: Account, app: object) -> None:
+async def test_login_returns_token_stored_only_as_sha256(
+    client: httpx.AsyncClient, alice: Account, app: object
+) -> None:
     r = await client.post("/api/v1/auth/tokens", json={"email": alice.email, "password": alice.password})
     assert r.status_code == 201
     body = r.json()

@@ -203,7 +203,7 @@ def test_cli_export_and_erase(tmp_path: Path) -> None:
     alias = pseudonym(settings, account_id)
     assert result.stdout.splitlines() == [
         f"erased account {account_id}: 2 notes and 1 tokens deleted, "
-        f"1 audit events pseudonymized as {alias}",
+        f"3 audit events pseudonymized as {alias}",  # login + two exports
         f"erasure recorded in the ledger {tmp_path / 'erasures' / 'ledger.jsonl'}",
     ]
     result = runner.invoke(cli_app, ["gdpr", "erase", "--account", account_id, "--yes"], env=env)

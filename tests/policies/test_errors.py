@@ -21,7 +21,7 @@ def _assert_problem(r: httpx.Response, status: int) -> dict[str, object]:
     assert r.status_code == status
     assert r.headers["content-type"] == "application/problem+json"
     body: dict[str, object] = r.json()
-    assert PROBLEM_KEYS <= set(body)
+    assert set(body) >= PROBLEM_KEYS
     assert body["status"] == status
     return body
 

@@ -369,6 +369,30 @@ async def test_request_without_response_is_logged_as_499() -> None:
     assert sink.only()["http.response.status_code"] == 499
 
 
+async def test_cancelled_request_is_logged_as_499_not_500() -> None:
+    async def hangs(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(30)
+
+    sink = Captured()
+    middleware = RequestLogMiddleware(hangs, sink=sink)
+    scope: Scope = {"type": "http", "method": "GET", "path": "/slow", "headers": []}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        return None
+
+    task = asyncio.ensure_future(middleware(scope, receive, send))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    line = sink.only()
+    assert line["http.response.status_code"] == 499
+    assert line["level"] == "INFO"
+
+
 async def test_body_size_counts_every_chunk_and_head_is_zero() -> None:
     sink = Captured()
     async with client_for(wrap(make_app(), sink)) as client:

@@ -45,11 +45,11 @@ async def update_me(
     account = await _load(session, caller)
     changes = body.model_dump(exclude_unset=True)
     changed: list[str] = []
-    if "email" in changes or "password" in changes:
-        if body.current_password is None or not await resources.passwords.verify(
-            account.password_hash, body.current_password
-        ):
-            raise HTTPException(403, "current_password is required and must be right.")
+    if ("email" in changes or "password" in changes) and (
+        body.current_password is None
+        or not await resources.passwords.verify(account.password_hash, body.current_password)
+    ):
+        raise HTTPException(403, "current_password is required and must be right.")
     if body.email is not None and body.email.lower() != account.email:
         email = body.email.lower()
         if await session.scalar(select(Account.id).where(Account.email == email)) is not None:

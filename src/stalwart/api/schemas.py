@@ -93,7 +93,7 @@ class TokenCreate(_Strict):
 
 class TokenOut(BaseModel):
     token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - the scheme name, not a secret
     expires_at: datetime
 
 

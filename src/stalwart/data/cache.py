@@ -111,10 +111,12 @@ class RedisCache:
 
     async def get(self, account_id: str, key: str) -> tuple[bytes | None, object]:
         try:
-            value, gen = await self.redis.hmget(self._key(account_id), [key, "~gen"])  # type: ignore[misc]
+            value, gen = await self.redis.hmget(self._key(account_id), [key, "~gen"])
         except (RedisError, OSError):
             return None, None
-        return value, (gen or b"").decode()
+        # The client is created without decode_responses: Redis hands back bytes.
+        generation = gen.decode() if isinstance(gen, bytes) else ""
+        return (value if isinstance(value, bytes) else None), generation
 
     async def set(self, account_id: str, key: str, value: bytes, generation: object) -> None:
         if generation is None:  # Redis failed on read: do not cache

@@ -12,7 +12,7 @@ class DatabaseUnavailable(Exception):
 
 
 # Connection refused, pool exhausted, server gone: retryable, the client should back off.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     DatabaseUnavailable,
     sqlalchemy.exc.TimeoutError,
     sqlalchemy.exc.OperationalError,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from pathlib import Path
-
 from sqlalchemy.engine import make_url
 
 __all__ = ["current_revision", "head_revision", "migrate_to"]

@@ -76,7 +76,7 @@ class Note(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     # Every UPDATE checks and bumps the version: a concurrent write fails instead of being lost.
-    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+    __mapper_args__ = {"version_id_col": version}
 
 
 class NoteTag(Base):

@@ -171,7 +171,7 @@ class _Compiled(NamedTuple):
 
 
 def _compile(stmt: Select[Any]) -> _Compiled:
-    compiled = stmt.compile(dialect=pg_asyncpg.dialect())
+    compiled = stmt.compile(dialect=pg_asyncpg.dialect())  # type: ignore[no-untyped-call]
     return _Compiled(compiled.string, tuple(compiled.positiontup or ()))
 
 

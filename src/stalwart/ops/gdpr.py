@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import anyio.to_thread
 from pydantic import BaseModel
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stalwart.data.models import Account, AuditEvent, Note, NoteTag, Token
@@ -170,18 +170,14 @@ async def erase_account(
     notes = _count(await session.execute(delete(Note).where(Note.account_id == account_id)))
     tokens = _count(await session.execute(delete(Token).where(Token.account_id == account_id)))
     # The events stay (security history), the person in them is no longer identifiable.
-    audited = _count(
-        await session.execute(
-            update(AuditEvent)
-            .where(AuditEvent.subject == account_id)
-            .values(subject=alias, ip=None)
-        )
+    theirs = or_(AuditEvent.subject == account_id, AuditEvent.actor == account_id)
+    audited = int(
+        await session.scalar(select(func.count()).select_from(AuditEvent).where(theirs)) or 0
     )
-    audited += _count(
+    for column in (AuditEvent.subject, AuditEvent.actor):
         await session.execute(
-            update(AuditEvent).where(AuditEvent.actor == account_id).values(actor=alias, ip=None)
+            update(AuditEvent).where(column == account_id).values({column: alias, "ip": None})
         )
-    )
     await session.execute(delete(Account).where(Account.id == account_id))
     record(
         session,

@@ -13,8 +13,8 @@ log is on it writes one JSON line per request with OpenTelemetry HTTP field name
 
 Level: INFO below 500, ERROR for 5xx. Client errors (4xx) stay INFO: they are the client's
 problem and scanners produce them by the thousand, so WARNING would bury real warnings. A
-request that ends without any response (client gone) is logged with status 499, the nginx
-convention; one that raises before responding is logged as 500. `http.route`,
+request that ends without any response (client gone, task cancelled) is logged with status 499,
+the nginx convention; one that raises before responding is logged as 500. `http.route`,
 `client.address`, `user_agent.original` and `account.id` are left out when unknown. The query
 string is never logged, and no header except the user agent, so the line needs no redaction.
 
@@ -281,10 +281,11 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_logged)
-        except BaseException:
+        except Exception:
             if not status:
                 status = 500
             raise
+        # Cancellation (the client went away) leaves status 0, logged as 499 below.
         finally:
             self._log(scope, state, request_id, user_agent, status or 499, size, started)
 

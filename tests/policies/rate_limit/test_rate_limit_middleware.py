@@ -227,13 +227,14 @@ async def test_concurrent_burst_never_exceeds_the_limit() -> None:
 async def test_rejections_are_counted_for_metrics(clock: FakeClock) -> None:
     backend = MemoryBackend(clock=clock)
     app = limited_app(backend, "2/minute")
-    before = STATS.rejections
+    before, hits_before = STATS.rejections, STATS.hits
     async with client_for(app) as client:
         for _ in range(5):
             await client.get("/x")
     assert (backend.hits, backend.rejections, backend.errors) == (5, 3, 0)
     assert app.rejections == 3
     assert STATS.rejections - before == 3
+    assert STATS.hits - hits_before == 5
 
 
 async def test_non_http_scopes_pass_through() -> None:

@@ -112,6 +112,7 @@ async def test_concurrent_burst_on_two_instances_never_exceeds_the_limit(
 async def test_concurrent_burst_from_many_clients(redis_client: Redis, key_prefix: str) -> None:
     backend = backend_on(redis_client, key_prefix)
     app = limited_app(backend, "10/minute")
+    before = (STATS.hits, STATS.rejections)
     clients = [client_for(app, f"198.51.100.{n}") for n in range(30)]
     try:
         per_client = await asyncio.gather(
@@ -123,6 +124,7 @@ async def test_concurrent_burst_from_many_clients(redis_client: Redis, key_prefi
     for responses in per_client:
         assert Counter(r.status_code for r in responses) == {200: 10, 429: 10}
     assert (backend.hits, backend.rejections) == (600, 300)
+    assert (STATS.hits - before[0], STATS.rejections - before[1]) == (600, 300)
 
 
 async def test_concurrent_hits_share_round_trips(redis_client: Redis, key_prefix: str) -> None:

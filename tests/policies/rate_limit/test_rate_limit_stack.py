@@ -94,3 +94,32 @@ async def test_install_policies_limits_the_app() -> None:
     assert r.headers["content-type"] == "application/problem+json"
     assert r.headers["ratelimit-policy"] == '"3-in-1min";q=3;w=60'
     assert probe.status_code == 200
+
+
+async def test_through_the_stack_budgets_follow_the_resolved_client_address() -> None:
+    app = tiny_app()
+    settings = make_settings(
+        rate_limit="2/minute", rate_limit_backend="memory", trusted_proxies="10.0.0.0/8"
+    )
+    install_policies(app, settings)
+
+    async def statuses(peer: str, forwarded_for: list[str]) -> list[int]:
+        async with client_for(app, peer) as client:
+            return [
+                (await client.get("/x", headers={"X-Forwarded-For": ip})).status_code
+                for ip in forwarded_for
+            ]
+
+    # From an untrusted peer a spoofed X-Forwarded-For is ignored: one budget.
+    assert await statuses("203.0.113.7", ["198.51.100.1", "198.51.100.2", "198.51.100.3"]) == [
+        200,
+        200,
+        429,
+    ]
+    # Behind a trusted proxy each forwarded client has its own budget, and runs out of it.
+    assert await statuses("10.0.0.1", ["198.51.100.1", "198.51.100.2", "198.51.100.1"]) == [
+        200,
+        200,
+        200,
+    ]
+    assert await statuses("10.0.0.2", ["198.51.100.1", "2001:db8:1:1ff::9"]) == [429, 200]

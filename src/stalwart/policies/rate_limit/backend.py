@@ -14,6 +14,7 @@ __all__ = ["STATS", "RateLimitBackend", "RateLimitStats"]
 class RateLimitStats:
     """Process-wide counters for the metrics endpoint (every backend adds to these)."""
 
+    hits: int = 0
     rejections: int = 0
     # Hits decided without asking the store (it was unreachable or too slow).
     errors: int = 0

@@ -62,6 +62,7 @@ class MemoryBackend:
         if window is None or window.reset <= now:
             window = self._open(key, policy, now)
         self.hits += 1
+        STATS.hits += 1
         count = window.count
         if count < policy.limit:
             window.count = count = count + 1

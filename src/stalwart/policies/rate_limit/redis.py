@@ -185,6 +185,7 @@ class RedisBackend:
                     future.set_result(decision)
         self.hits += hits
         self.rejections += rejections
+        STATS.hits += hits
         STATS.rejections += rejections
 
     def _spec(self, policy: Policy) -> bytes:

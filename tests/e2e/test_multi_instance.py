@@ -1,0 +1,420 @@
+"""Three `stalwart serve` instances behind nginx: one service, whichever instance answers.
+
+The instances share one PostgreSQL database (created for this module) and one Redis (key
+prefixes unique to this run); nginx runs deploy/nginx.conf rendered for loopback
+(tests/e2e/loadbalancer.py) with TLS from a throwaway CA. Each test talks HTTPS to nginx
+with its own X-Forwarded-For addresses, so the rate-limit budgets of the tests never meet.
+
+Proved here: (a) the rate limit is one budget for the whole service, not one per instance;
+(b) a token and the notes cache work across instances, and a revocation on one instance is
+seen by the others at once; (c) a crashed instance is taken out by nginx with no failed
+request; (d) a rolling restart (SIGTERM, drain, exit 0, start again, one at a time) under
+load loses no request, writes included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import ssl
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import trustme
+
+from tests.conftest import REDIS_URL, PostgresDatabase, _pg_available, require_service
+from tests.e2e.loadbalancer import NGINX, Nginx
+from tests.e2e.serving import ServerProcess, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("multi_instance")]
+
+INSTANCES = 3
+# Above the upstream keepalive_timeout rendered into nginx.conf (see deploy/nginx.conf: the
+# drain must outlast nginx's idle pooled connections).
+DRAIN_SECONDS = 1.5
+UPSTREAM_KEEPALIVE = "1s"
+
+
+def _redis_available() -> bool:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@dataclass
+class Cluster:
+    db: PostgresDatabase
+    prefix: str
+    instances: list[ServerProcess]
+    nginx: Nginx
+    ssl_context: ssl.SSLContext
+    monitor_token: str
+    token: str = ""  # an account's token, made through nginx at start-up
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{server.port}" for server in self.instances]
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.nginx.https_url, verify=self.ssl_context, timeout=15)
+
+    def served_by(self) -> dict[str, str]:
+        """request id -> the `upstream` field of its nginx access-log line."""
+        return {line["request_id"]: line["upstream"] for line in self.nginx.access_log()}
+
+
+def _tls_files(directory: Path) -> tuple[ssl.SSLContext, Path, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = directory / "tls.crt", directory / "tls.key"
+    for index, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(str(certfile), append=index > 0)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context, certfile, keyfile
+
+
+def _delete_keys(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    require_service(_pg_available(), "PostgreSQL at 127.0.0.1:5432")
+    require_service(_redis_available(), "Redis at 127.0.0.1:6379")
+    if not Path(NGINX).exists():
+        require_service(False, "nginx (Debian package nginx)")
+    tmp = tmp_path_factory.mktemp("multi-instance")
+    db = PostgresDatabase()
+    db.create()
+    prefix = f"stalwart-test-{uuid.uuid4().hex}:"
+    monitor_token = secrets.token_urlsafe(24)
+    env = {
+        "STALWART_DATABASE_URL": db.url,
+        "STALWART_REDIS_URL": REDIS_URL,
+        "STALWART_RATE_LIMIT": "100/15minutes",
+        "STALWART_RATE_LIMIT_BACKEND": "redis",
+        "STALWART_RATE_LIMIT_FAIL_OPEN": "false",
+        "STALWART_RATE_LIMIT_KEY_PREFIX": f"{prefix}rl:",
+        "STALWART_CACHE_KEY_PREFIX": f"{prefix}cache:",
+        "STALWART_METRICS_KEY_PREFIX": f"{prefix}metrics:",
+        "STALWART_METRICS_PUBLISH_SECONDS": "0.5",
+        "STALWART_SCHEDULER_LOCK_PREFIX": f"{prefix}lock:",
+        "STALWART_PURGE_INTERVAL_HOURS": "0",
+        "STALWART_TRUSTED_PROXIES": "127.0.0.1/32",
+        "STALWART_SHUTDOWN_DRAIN_SECONDS": str(DRAIN_SECONDS),
+        "STALWART_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        "STALWART_MONITOR_TOKEN": monitor_token,
+    }
+    instances = [
+        ServerProcess(tmp / f"instance{i}", env=env, port=free_port()) for i in range(INSTANCES)
+    ]
+    context, certfile, keyfile = _tls_files(tmp)
+    nginx = Nginx.for_upstreams(
+        tmp / "nginx",
+        [f"127.0.0.1:{server.port}" for server in instances],
+        certfile=certfile,
+        keyfile=keyfile,
+        upstream_keepalive_timeout=UPSTREAM_KEEPALIVE,
+    )
+    try:
+        with ThreadPoolExecutor(INSTANCES) as pool:  # start-up is mostly imports: overlap it
+            list(pool.map(lambda server: server.start(timeout=60), instances))
+        nginx.start()
+        result = Cluster(db, prefix, instances, nginx, context, monitor_token)
+        result.token = _signup(result, "192.0.2.1")
+        yield result
+    finally:
+        nginx.stop()
+        for server in instances:
+            server.stop()
+        db.drop()
+        _delete_keys(prefix)
+
+
+def _signup(cluster: Cluster, client_ip: str) -> str:
+    """A new account and its token, through nginx; returns the token."""
+    email = f"user-{uuid.uuid4().hex[:8]}@example.com"
+    password = f"pw-{uuid.uuid4().hex}"
+    headers = {"X-Forwarded-For": client_ip}
+    with cluster.client() as c:
+        r = c.post(
+            "/api/v1/accounts",
+            json={"email": email, "password": password, "display_name": "user"},
+            headers=headers,
+        )
+        assert r.status_code == 201, r.text
+        r = c.post("/api/v1/auth/tokens", json={"email": email, "password": password}, headers=headers)
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+
+@dataclass
+class Load:
+    """A bounded load generator: `threads` clients looping through nginx until stopped.
+
+    Each request comes from its own X-Forwarded-For address (so no client nears the rate
+    limit) and carries a request id that nginx logs, so each outcome can be matched to the
+    instance that served it. With `writes`, one request in four creates a note.
+    """
+
+    cluster: Cluster
+    tag: str
+    threads: int = 3
+    writes: bool = False
+    max_requests: int = 4000
+    outcomes: list[tuple[float, str, str, int | str]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self, worker: int) -> None:
+        auth = {"Authorization": f"Bearer {self.cluster.token}"}
+        with self.cluster.client() as c:
+            n = 0
+            while not self._stop.is_set() and n < self.max_requests // self.threads:
+                n += 1
+                rid = f"{self.tag}-{worker}-{n}"
+                headers = {
+                    **auth,
+                    "X-Request-ID": rid,
+                    "X-Forwarded-For": f"10.{worker}.{n // 200}.{n % 200 + 1}",
+                }
+                write = self.writes and n % 4 == 0
+                outcome: int | str
+                try:
+                    if write:
+                        r = c.post("/api/v1/notes", json={"title": rid}, headers=headers)
+                    else:
+                        r = c.get("/api/v1/notes?limit=5", headers=headers)
+                    outcome = r.status_code
+                    if write and r.status_code == 201:
+                        with self._lock:
+                            self.created.append(rid)
+                except httpx.HTTPError as exc:  # a failed request must be counted, not raised
+                    outcome = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    self.outcomes.append((time.monotonic(), rid, "POST" if write else "GET", outcome))
+
+    def __enter__(self) -> Load:
+        for worker in range(self.threads):
+            thread = threading.Thread(target=self._run, args=(worker,), daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout=30)
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.outcomes) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def failures(self) -> list[tuple[float, str, str, int | str]]:
+        return [o for o in self.outcomes if o[3] not in (200, 201)]
+
+
+def test_rate_limit_is_one_budget_across_instances(cluster: Cluster) -> None:
+    client_ip = "198.51.100.23"
+    headers = {"Authorization": f"Bearer {cluster.token}", "X-Forwarded-For": client_ip}
+    remaining = []
+    with cluster.client() as c:
+        for i in range(100):
+            r = c.get("/api/v1/notes", headers={**headers, "X-Request-ID": f"budget-{i}"})
+            assert r.status_code == 200, (i, r.text)
+            remaining.append(r.headers["ratelimit"])
+        refused = c.get("/api/v1/notes", headers={**headers, "X-Request-ID": "budget-100"})
+        # Port 80 only redirects to HTTPS, keeping the method.
+        plain = httpx.get(cluster.nginx.http_url + "/api/v1/notes", timeout=5)
+
+    # One counter for the service: the remaining count falls by one per request, whichever
+    # instance served it.
+    assert remaining == [f'"100-in-15min";r={99 - i};t=' + h.split(";t=")[1]
+                         for i, h in enumerate(remaining)]
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) > 0
+    assert refused.json()["violated-policies"] == ["100-in-15min"]
+
+    served = cluster.served_by()
+    upstreams = Counter(served[f"budget-{i}"] for i in range(100))
+    # Round robin spread the 100 over all three instances (no retries: one address each).
+    assert set(upstreams) == set(cluster.addresses), upstreams
+    assert all(count >= 20 for count in upstreams.values()), upstreams
+    assert served["budget-100"] in cluster.addresses
+
+    # Every instance, asked directly for the same client, finds the budget spent.
+    for server in cluster.instances:
+        r = httpx.get(f"{server.url}/api/v1/notes", headers=headers, timeout=10)
+        assert r.status_code == 429, (server.url, r.status_code)
+    # Another client is unaffected.
+    with cluster.client() as c:
+        other = c.get(
+            "/api/v1/notes",
+            headers={"Authorization": f"Bearer {cluster.token}", "X-Forwarded-For": "198.51.100.24"},
+        )
+    assert other.status_code == 200
+    assert other.headers["ratelimit"].startswith('"100-in-15min";r=99;')
+
+    assert plain.status_code == 308
+    assert plain.headers["location"] == "https://127.0.0.1/api/v1/notes"
+
+
+def test_token_and_cache_work_on_every_instance(cluster: Cluster) -> None:
+    client_ip = "198.51.100.42"
+    token = _signup(cluster, client_ip)
+    headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": client_ip}
+    first, second, third = cluster.instances
+
+    ids = set()
+    for server in cluster.instances:
+        r = httpx.get(f"{server.url}/api/v1/me", headers=headers, timeout=10)
+        assert r.status_code == 200, (server.url, r.text)
+        ids.add(r.json()["id"])
+    assert len(ids) == 1
+
+    # The shared cache: a write on one instance is seen by the next read on any other, even
+    # one that cached the list just before.
+    r = httpx.post(f"{first.url}/api/v1/notes", json={"title": "one"}, headers=headers, timeout=10)
+    assert r.status_code == 201
+    r = httpx.get(f"{second.url}/api/v1/notes", headers=headers, timeout=10)
+    assert [n["title"] for n in r.json()["data"]] == ["one"]
+    r = httpx.post(f"{third.url}/api/v1/notes", json={"title": "two"}, headers=headers, timeout=10)
+    assert r.status_code == 201
+    r = httpx.get(f"{second.url}/api/v1/notes", headers=headers, timeout=10)
+    assert [n["title"] for n in r.json()["data"]] == ["two", "one"]
+
+    # Revoked on one instance: refused by every instance at once (tokens are never cached).
+    r = httpx.delete(f"{third.url}/api/v1/auth/tokens/current", headers=headers, timeout=10)
+    assert r.status_code == 204
+    for server in cluster.instances:
+        r = httpx.get(f"{server.url}/api/v1/me", headers=headers, timeout=10)
+        assert r.status_code == 401, server.url
+
+    # Metrics are shared through Redis: any instance reports on all three.
+    sharing: dict[str, Any] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = httpx.get(
+            f"{first.url}/api/monitor",
+            headers={"Authorization": f"Bearer {cluster.monitor_token}", "X-Forwarded-For": client_ip},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        sharing = r.json()["sharing"]
+        if sharing["instances"] == INSTANCES:
+            break
+        time.sleep(0.2)
+    assert sharing == {"mode": "redis", "instances": INSTANCES}
+
+
+def test_crashed_instance_is_taken_out_with_no_failed_request(cluster: Cluster) -> None:
+    victim = cluster.instances[1]
+    address = f"127.0.0.1:{victim.port}"
+    with Load(cluster, "crash") as load:
+        load.wait_for(60)
+        assert victim.proc is not None
+        victim.proc.kill()
+        assert victim.wait(timeout=10) == -9
+        killed_at = time.monotonic()
+        count_at_kill = len(load.outcomes)
+        load.wait_for(count_at_kill + 120)
+    assert load.failures() == []
+    after = [o for o in load.outcomes if o[0] > killed_at]
+    assert len(after) >= 100, len(after)
+
+    served = cluster.served_by()
+    tried_victim = [rid for _, rid, _, _ in after if address in served[rid]]
+    # nginx tried the dead instance only for the requests in flight when it died and until
+    # max_fails (2) was reached (plus one probe if fail_timeout passed), retried each of them
+    # on a live instance, and otherwise sent it nothing.
+    assert len(tried_victim) <= load.threads + 2 + 1, tried_victim
+    for rid in tried_victim:
+        first_try, retried = served[rid].split(", ")
+        assert first_try == address and retried in cluster.addresses
+    live = Counter(served[rid] for _, rid, _, _ in after if address not in served[rid])
+    assert set(live) == set(cluster.addresses) - {address}
+    errors = cluster.nginx.error_log()
+    assert "upstream server temporarily disabled" in errors
+    assert f"upstream: \"http://{address}/api/v1/notes" in errors
+
+    victim.start(timeout=60)  # back for the next test
+
+
+def test_rolling_restart_loses_no_request(cluster: Cluster) -> None:
+    restarted_at: dict[str, float] = {}
+    exit_codes = []
+    with Load(cluster, "roll", writes=True) as load:
+        load.wait_for(30)
+        for index, server in enumerate(cluster.instances):
+            server.signal()  # SIGTERM
+            if index == 0:
+                # Draining: not ready (503) for the load balancer, yet still serving.
+                auth = {"Authorization": f"Bearer {cluster.token}", "X-Forwarded-For": "192.0.2.9"}
+                health = httpx.get(f"{server.url}/health", timeout=5)
+                served = httpx.get(f"{server.url}/api/v1/notes", headers=auth, timeout=5)
+                assert health.status_code == 503
+                assert health.json()["checks"]["process:shutdown"][0]["status"] == "fail"
+                assert served.status_code == 200
+                assert served.headers["connection"] == "close"
+            exit_codes.append(server.wait(timeout=30))
+            before = len(load.outcomes)
+            server.start(timeout=60)
+            restarted_at[f"127.0.0.1:{server.port}"] = time.monotonic()
+            load.wait_for(before + 30)
+        load.wait_for(len(load.outcomes) + 60)
+
+    assert exit_codes == [0, 0, 0]
+    assert load.failures() == []
+    methods = Counter(method for _, _, method, _ in load.outcomes)
+    assert methods["POST"] >= 20 and methods["GET"] >= 100, methods
+    for server in cluster.instances:
+        assert "SIGTERM received: readiness is 503, draining for 1.5 s" in server.log()
+
+    # Every write that got its 201 is in the database, once.
+    titles = asyncio.run(_note_titles(cluster.db, "roll-"))
+    assert sorted(titles) == sorted(load.created)
+
+    # Each restarted instance took traffic again.
+    served = cluster.served_by()
+    for address, at in restarted_at.items():
+        later = [rid for t, rid, _, _ in load.outcomes if t > at and served.get(rid) == address]
+        assert later, f"{address} served nothing after its restart"
+
+
+async def _note_titles(db: PostgresDatabase, prefix: str) -> list[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(db.url.replace("+asyncpg", ""))
+    try:
+        rows = await conn.fetch("SELECT title FROM notes WHERE title LIKE $1", prefix + "%")
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()
+    return [row["title"] for row in rows]

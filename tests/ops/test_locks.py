@@ -1,0 +1,94 @@
+"""Job locks: PostgreSQL advisory lock, Redis SET NX PX, file lock. One holder at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from stalwart.data.engine import Database
+from stalwart.ops.locks import FileLock, PostgresLock, RedisLock, advisory_key, make_lock
+from tests.conftest import REDIS_URL, PostgresDatabase, make_settings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def redis(redis_prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL, socket_timeout=3)
+    yield client
+    await client.aclose()
+
+
+async def test_file_lock_is_exclusive_until_released(tmp_path: Path) -> None:
+    a, b = FileLock(tmp_path / "locks" / "purge.lock"), FileLock(tmp_path / "locks" / "purge.lock")
+    assert await a.acquire()
+    assert not await b.acquire()
+    await a.release()
+    assert await b.acquire()
+    await b.release()
+    assert (tmp_path / "locks").stat().st_mode & 0o777 == 0o700
+
+
+async def test_postgres_advisory_lock_is_exclusive_and_dies_with_its_session(
+    postgres_db: PostgresDatabase,
+) -> None:
+    dsn = postgres_db.url.replace("+asyncpg", "")
+    name = f"job-{uuid.uuid4().hex}"
+    a, b = PostgresLock(dsn, name), PostgresLock(dsn, name)
+    assert await a.acquire()
+    assert not await b.acquire()
+    assert not await PostgresLock(dsn, name).acquire()
+    await a.release()
+    assert await b.acquire()
+    # A crashed holder: its connection goes away, and so does the lock.
+    await b.conn.close()
+    b.conn = None
+    c = PostgresLock(dsn, name)
+    assert await c.acquire()
+    await c.release()
+    assert advisory_key(name) != advisory_key(name + "x")
+    assert -(2**63) <= advisory_key(name) < 2**63
+
+
+async def test_redis_lock_is_exclusive_renewed_and_owner_released(
+    redis: Redis, redis_prefix: str
+) -> None:
+    key = f"{redis_prefix}lock:backup"
+    a = RedisLock(redis, key, ttl_ms=300)
+    b = RedisLock(redis, key, ttl_ms=300)
+    assert await a.acquire()
+    await asyncio.sleep(0.8)  # well past the TTL: still held, because it is renewed
+    assert not await b.acquire()
+    assert 0 < await redis.pttl(key) <= 300
+    await a.release()
+    assert await redis.exists(key) == 0
+    assert await b.acquire()
+    # Someone whose lock expired must not delete the current holder's key.
+    stale = RedisLock(redis, key, ttl_ms=300)
+    stale.token = "not-the-owner"
+    await stale.release()
+    assert await redis.exists(key) == 1
+    await b.release()
+
+
+async def test_make_lock_picks_the_backend(tmp_path: Path, redis: Redis) -> None:
+    sqlite = make_settings(tmp_path)
+    assert isinstance(make_lock(sqlite, Database(sqlite), None, "purge"), FileLock)
+    pg = make_settings(tmp_path, database_url="postgresql+asyncpg://u:p@127.0.0.1:5432/x")
+    lock = make_lock(pg, Database(pg), None, "purge")
+    assert isinstance(lock, PostgresLock)
+    assert lock.dsn == "postgresql://u:p@127.0.0.1:5432/x"
+    chosen = make_settings(tmp_path, scheduler_lock="redis", scheduler_lock_prefix="p:")
+    redis_lock = make_lock(chosen, Database(chosen), redis, "purge")
+    assert isinstance(redis_lock, RedisLock)
+    assert redis_lock.key == "p:purge"
+    with pytest.raises(ValueError, match="needs redis_url"):
+        make_lock(chosen, Database(chosen), None, "purge")
+    forced = make_settings(tmp_path, scheduler_lock="postgres")
+    with pytest.raises(ValueError, match="needs a PostgreSQL database_url"):
+        make_lock(forced, Database(forced), None, "purge")

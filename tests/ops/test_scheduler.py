@@ -1,0 +1,181 @@
+"""Scheduled jobs with two service instances sharing a database: only one runs each job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from stalwart.app import create_app
+from stalwart.data.engine import Database
+from stalwart.data.models import Account, AuditEvent, Note
+from stalwart.data.types import utcnow
+from stalwart.ops.backup import list_archives
+from stalwart.ops.scheduler import Lifecycle
+from stalwart.settings import Settings
+from tests.conftest import REDIS_URL, make_settings
+from tests.ops.helpers import at
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def _instances(settings: Settings, count: int = 2) -> AsyncIterator[list[FastAPI]]:
+    """`count` app objects on the same settings (same database, Redis, data_dir), all started."""
+    apps = [create_app(settings) for _ in range(count)]
+    async with contextlib.AsyncExitStack() as stack:
+        for application in apps:
+            await stack.enter_async_context(application.router.lifespan_context(application))
+        yield apps
+
+
+def _lifecycle(application: FastAPI) -> Lifecycle:
+    lifecycle = application.state.resources.lifecycle
+    assert isinstance(lifecycle, Lifecycle)
+    return lifecycle
+
+
+@pytest.fixture(params=["postgres", "redis", "file"])
+def shared_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Settings:
+    if request.param == "postgres":
+        from tests.conftest import PostgresDatabase
+
+        pg: PostgresDatabase = request.getfixturevalue("postgres_db")
+        pg.truncate()
+        return make_settings(tmp_path, database_url=pg.url, purge_interval_hours=0)
+    import shutil
+
+    db = tmp_path / "data" / "stalwart.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sqlite_template, db)
+    url = f"sqlite+aiosqlite:///{db}"
+    if request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        return make_settings(tmp_path, database_url=url, purge_interval_hours=0,
+                             redis_url=REDIS_URL, scheduler_lock="redis",
+                             scheduler_lock_prefix=prefix)
+    return make_settings(tmp_path, database_url=url, purge_interval_hours=0)
+
+
+async def test_two_instances_never_run_a_job_at_the_same_time(shared_settings: Settings) -> None:
+    running = 0
+    peak = 0
+    runs: list[int] = []
+
+    def slow_job(index: int) -> Any:
+        async def job(actor: str) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            runs.append(index)
+            await asyncio.sleep(0.5)
+            running -= 1
+
+        return job
+
+    async with _instances(shared_settings) as apps:
+        lifecycles = [_lifecycle(a) for a in apps]
+        for i, lc in enumerate(lifecycles):
+            lc.jobs["purge"] = slow_job(i)
+        outcomes = await asyncio.gather(*(lc.run_job("purge", actor="t") for lc in lifecycles))
+        assert sorted(outcomes) == ["busy", "ran"]
+        assert len(runs) == 1
+        assert peak == 1
+        # The lock is free again once the job is done: the other instance may run it now.
+        loser = lifecycles[outcomes.index("busy")]
+        assert await loser.run_job("purge", actor="t") == "ran"
+        assert len(runs) == 2
+
+
+async def _events(settings: Settings, event: str) -> list[AuditEvent]:
+    db = Database(settings)
+    await db.start()
+    try:
+        async with db.session() as s:
+            return list((await s.scalars(select(AuditEvent).where(AuditEvent.event == event))).all())
+    finally:
+        await db.close()
+
+
+async def _old_trashed_note(settings: Settings) -> str:
+    db = Database(settings)
+    await db.start()
+    try:
+        async with db.session() as s:
+            owner = Account(email="o@example.com", password_hash="h", display_name="o",
+                            last_login_at=utcnow())
+            s.add(owner)
+            await s.flush()
+            note = Note(account_id=owner.id, title="old", deleted_at=at(days_ago=90))
+            s.add(note)
+            await s.commit()
+            return note.id
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_scheduled_purge_and_backup_run_once_across_two_instances(
+    backend: str, tmp_path: Path, sqlite_template: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "postgres":
+        from tests.ops.helpers import scratch_postgres
+
+        context: Any = scratch_postgres()
+    else:
+        import shutil
+
+        db = tmp_path / "data" / "stalwart.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sqlite_template, db)
+        context = contextlib.nullcontext(f"sqlite+aiosqlite:///{db}")
+    with context as url:
+        settings = make_settings(
+            tmp_path, database_url=url, purge_interval_hours=1, backup_interval_hours=1,
+            scheduler_start_delay_seconds=0,
+        )
+        note_id = await _old_trashed_note(settings)
+        async with _instances(settings):
+            for _ in range(600):  # bounded: 60 s
+                purged = await _events(settings, "retention.purged")
+                backed = await _events(settings, "backup.created")
+                if purged and backed:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # a second run, if any, would land now
+            purged = await _events(settings, "retention.purged")
+            backed = await _events(settings, "backup.created")
+        assert len(purged) == 1
+        assert purged[0].actor == "scheduler"
+        assert purged[0].details["trashed_notes"] == 1
+        assert len(backed) == 1
+        assert backed[0].details["verified"] is True
+        archives = list_archives(settings)
+        assert len(archives) == 1
+        assert archives[0].verified is True
+        db = Database(settings)
+        await db.start()
+        try:
+            async with db.session() as s:
+                assert await s.get(Note, note_id) is None
+        finally:
+            await db.close()
+
+
+async def test_no_loops_when_intervals_are_zero(tmp_path: Path, sqlite_template: Path) -> None:
+    settings = make_settings(tmp_path, purge_interval_hours=0, backup_interval_hours=0)
+    async with _instances(settings, count=1) as (application,):
+        assert _lifecycle(application).loops == []
+    settings = make_settings(tmp_path)  # defaults: purge daily, first run after 5 minutes
+    assert settings.purge_interval_hours == 24
+    assert settings.scheduler_start_delay_seconds == 300
+    async with _instances(settings, count=1) as (application,):
+        assert [t.get_name() for t in _lifecycle(application).loops] == ["lifecycle:purge"]
