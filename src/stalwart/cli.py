@@ -106,6 +106,14 @@ app.add_typer(backup_app, name="backup")
 app.command("restore")(restore_command)
 
 
+@app.command("config-reference")
+def config_reference() -> None:
+    """Print the configuration reference (every STALWART_* variable) as Markdown."""
+    from stalwart.settings_reference import render_reference
+
+    typer.echo(render_reference(), nl=False)
+
+
 @app.command()
 def audit(
     url: Annotated[str, typer.Argument(help="Base URL of the API, e.g. https://api.example.com")],

@@ -329,17 +329,19 @@ async def test_event_loop_lag_is_measured(
     app_client: AppClient, alert_lines: list[logging.LogRecord]
 ) -> None:
     settings = {"monitor_sample_seconds": 0.02, "alert_eval_seconds": 0.05,
-                "alert_loop_lag_ms": 150}
+                "alert_loop_lag_ms": 400}
     async with app_client(**settings) as (_app, client):
         await asyncio.sleep(0.1)
-        time.sleep(0.35)  # block the event loop on purpose
+        time.sleep(0.6)  # block the event loop on purpose
         deadline = time.monotonic() + 5
         while len(lines_for(alert_lines, "event_loop_lag")) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         body = (await client.get("/api/monitor", headers=AUTH)).json()
-    assert body["process"]["loop_lag_max_ms"] >= 300
+    assert body["process"]["loop_lag_max_ms"] >= 550
     lines = lines_for(alert_lines, "event_loop_lag")
-    assert [level for level, _ in lines] == ["WARNING", "INFO"]
+    # A loaded test machine may lag again later on its own; the first two lines are ours.
+    assert [level for level, _ in lines[:2]] == ["WARNING", "INFO"]
+    assert re.fullmatch(r"alert event_loop_lag firing: [\d.]+ ms above threshold 400\.0", lines[0][1])
 
 
 async def test_openapi_documents_the_monitor_report(client: httpx.AsyncClient) -> None:

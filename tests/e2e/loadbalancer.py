@@ -46,9 +46,15 @@ def render_nginx_conf(
     certfile: Path,
     keyfile: Path,
     upstream_keepalive_timeout: str | None = None,
+    fail_timeout: str | None = None,
     template: Path = DEPLOY_NGINX_CONF,
 ) -> Path:
-    """Write `directory`/nginx.conf: deploy/nginx.conf with loopback servers and local paths."""
+    """Write `directory`/nginx.conf: deploy/nginx.conf with loopback servers and local paths.
+
+    `upstream_keepalive_timeout` and `fail_timeout` shorten those two timings (a test that
+    restarts instances would otherwise wait seconds for nothing); every other directive is
+    the production one.
+    """
     if len(upstreams) != 3:
         raise ValueError("deploy/nginx.conf has three upstream servers")
     text = template.read_text()
@@ -64,13 +70,14 @@ def render_nginx_conf(
         1,
     )
     text = _sub(r"/var/cache/nginx/", f"{directory / 'cache'}/", text, 5)
-    text = _sub(r"^\s*listen \[::\]:\d+.*\n", "", text, 2)
     text = _sub(r"listen 80;", f"listen 127.0.0.1:{http_port};", text, 1)
     text = _sub(r"listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;", text, 1)
     text = _sub(r"ssl_certificate /etc/nginx/tls/tls\.crt;", f"ssl_certificate {certfile};", text, 1)
     text = _sub(
         r"ssl_certificate_key /etc/nginx/tls/tls\.key;", f"ssl_certificate_key {keyfile};", text, 1
     )
+    if fail_timeout is not None:
+        text = _sub(r"fail_timeout=5s;", f"fail_timeout={fail_timeout};", text, 3)
     if upstream_keepalive_timeout is not None:
         text = _sub(
             r"keepalive_timeout 4s;", f"keepalive_timeout {upstream_keepalive_timeout};", text, 1
@@ -100,6 +107,7 @@ class Nginx:
         certfile: Path,
         keyfile: Path,
         upstream_keepalive_timeout: str | None = None,
+        fail_timeout: str | None = None,
     ) -> Nginx:
         directory.mkdir(parents=True, exist_ok=True)
         http_port, https_port = free_port(), free_port()
@@ -111,6 +119,7 @@ class Nginx:
             certfile=certfile,
             keyfile=keyfile,
             upstream_keepalive_timeout=upstream_keepalive_timeout,
+            fail_timeout=fail_timeout,
         )
         return cls(directory, conf, http_port, https_port)
 

@@ -22,11 +22,11 @@ from stalwart.settings import Settings
 from tests.conftest import PG_ADMIN_DSN, _pg_available, require_service
 
 __all__ = [
-    "remains_of",
     "all_rows",
     "count_tables",
     "destroy_database",
     "pg_admin",
+    "remains_of",
     "scratch_postgres",
     "seed",
 ]
@@ -68,9 +68,7 @@ def _drop_verify_leftovers(name: str) -> None:
     async def run() -> list[str]:
         conn = await asyncpg.connect(PG_ADMIN_DSN)
         try:
-            rows = await conn.fetch(
-                "SELECT datname FROM pg_database WHERE datname LIKE $1", f"{name}_verify_%"
-            )
+            rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", f"{name}_verify_%")
             return [r[0] for r in rows]
         finally:
             await conn.close()
@@ -97,21 +95,19 @@ async def count_tables(settings: Settings) -> dict[str, int]:
         async with db.engine.connect() as conn:
             if db.is_sqlite:
                 names = [
-                    r[0] for r in await conn.execute(text(
-                        "SELECT name FROM sqlite_master WHERE type='table' "
-                        "AND name NOT LIKE 'sqlite_%'"
-                    ))
+                    r[0]
+                    for r in await conn.execute(
+                        text("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")
+                    )
                 ]
             else:
                 names = [
-                    r[0] for r in await conn.execute(text(
-                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-                    ))
+                    r[0]
+                    for r in await conn.execute(
+                        text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+                    )
                 ]
-            return {
-                n: int((await conn.execute(text(f'SELECT count(*) FROM "{n}"'))).scalar_one())
-                for n in names
-            }
+            return {n: int((await conn.execute(text(f'SELECT count(*) FROM "{n}"'))).scalar_one()) for n in names}
     finally:
         await db.close()
 
@@ -123,8 +119,7 @@ async def all_rows(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
     try:
         async with db.engine.connect() as conn:
             out: dict[str, list[tuple[Any, ...]]] = {}
-            for table in (Account.__table__, Token.__table__, Note.__table__, NoteTag.__table__,
-                          AuditEvent.__table__):
+            for table in (Account.__table__, Token.__table__, Note.__table__, NoteTag.__table__, AuditEvent.__table__):
                 out[table.name] = [tuple(r) for r in await conn.execute(select(table))]
             return out
     finally:
@@ -151,27 +146,35 @@ async def seed(
                     id=new_id(),
                     email=f"{email_prefix}-{i}-{uuid.uuid4().hex[:6]}@example.com",
                     password_hash="$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
-                    display_name=f"Seed {i}", role="user",
+                    display_name=f"Seed {i}",
+                    role="user",
                     last_login_at=now if last_login else None,
                 )
                 ids.append(account.id)
                 notes_of = [
-                    Note(id=new_id(), account_id=account.id, title=f"note {j}", body="x" * 50,
-                         tags=["a", "b"], deleted_at=now if j == 0 else None)
+                    Note(
+                        id=new_id(),
+                        account_id=account.id,
+                        title=f"note {j}",
+                        body="x" * 50,
+                        tags=["a", "b"],
+                        deleted_at=now if j == 0 else None,
+                    )
                     for j in range(notes)
                 ]
                 session.add(account)
                 await session.flush()
                 session.add_all(notes_of)
                 await session.flush()
-                session.add_all([
-                    NoteTag(note_id=n.id, tag=t, account_id=account.id)
-                    for n in notes_of for t in ("a", "b")
-                ])
-                session.add(Token(account_id=account.id, token_hash=uuid.uuid4().hex * 2,
-                                  expires_at=now + timedelta(days=1)))
-                session.add(AuditEvent(event="auth.login", subject=account.id, actor=account.id,
-                                       ip="203.0.113.0", details={}))
+                session.add_all(
+                    [NoteTag(note_id=n.id, tag=t, account_id=account.id) for n in notes_of for t in ("a", "b")]
+                )
+                session.add(
+                    Token(account_id=account.id, token_hash=uuid.uuid4().hex * 2, expires_at=now + timedelta(days=1))
+                )
+                session.add(
+                    AuditEvent(event="auth.login", subject=account.id, actor=account.id, ip="203.0.113.0", details={})
+                )
             await session.commit()
     finally:
         await db.close()

@@ -33,10 +33,14 @@ def _archive(tmp_path: Path, payload: bytes, key: str | None) -> tuple[Path, Man
     data.write_bytes(payload)
     encryption, derived = new_encryption(key) if key else (None, None)
     manifest = Manifest(
-        created_at=datetime(2025, 1, 2, 3, 4, 5, 678, tzinfo=UTC), app_version="test",
-        backend="sqlite", schema_revision="0003", row_counts={"notes": 3},
-        data=DataInfo(name="data.zst.enc" if key else "data.zst",
-                      sha256=hashlib.sha256(payload).hexdigest(), size=len(payload)),
+        created_at=datetime(2025, 1, 2, 3, 4, 5, 678, tzinfo=UTC),
+        app_version="test",
+        backend="sqlite",
+        schema_revision="0003",
+        row_counts={"notes": 3},
+        data=DataInfo(
+            name="data.zst.enc" if key else "data.zst", sha256=hashlib.sha256(payload).hexdigest(), size=len(payload)
+        ),
         encryption=encryption,
     )
     dest = tmp_path / "a.tar"
@@ -76,9 +80,9 @@ def test_encrypted_payload_does_not_contain_the_plaintext(tmp_path: Path) -> Non
 
 def test_wrong_key_and_missing_key_are_refused_by_name(tmp_path: Path) -> None:
     path, manifest = _archive(tmp_path, b"data" * 100, KEY)
-    with pytest.raises(ArchiveError, match="^wrong encryption key for this archive"):
+    with pytest.raises(ArchiveError, match=r"^wrong encryption key for this archive"):
         extract_data(path, manifest, "another-key-of-a-decent-length", tmp_path / "o")
-    with pytest.raises(ArchiveError, match="^archive is encrypted and STALWART_BACKUP_ENCRYPTION"):
+    with pytest.raises(ArchiveError, match=r"^archive is encrypted and STALWART_BACKUP_ENCRYPTION"):
         extract_data(path, manifest, None, tmp_path / "o")
 
 

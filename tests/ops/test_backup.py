@@ -49,14 +49,10 @@ def _bump_audit(counts: dict[str, int]) -> dict[str, int]:
 
 
 @pytest.mark.anyio
-async def test_backup_during_writes_then_disaster_then_restore(
-    ops_settings: Settings, tmp_path: Path
-) -> None:
+async def test_backup_during_writes_then_disaster_then_restore(ops_settings: Settings, tmp_path: Path) -> None:
     """Encrypted here; the plain format goes through the same code (see the refusal tests)."""
     key = KEY
-    settings = make_settings(
-        tmp_path, database_url=ops_settings.database_url, backup_encryption_key=key
-    )
+    settings = make_settings(tmp_path, database_url=ops_settings.database_url, backup_encryption_key=key)
     ids = await seed(settings, accounts=3, notes=200)
     stop = asyncio.Event()
     commits: list[float] = []
@@ -101,7 +97,7 @@ async def test_one_corrupt_byte_is_refused_and_the_database_is_untouched(
         data = tar.getmember(result.manifest.data.name)
     raw[data.offset_data + data.size // 2] ^= 0x40
     result.path.write_bytes(bytes(raw))
-    with pytest.raises(ArchiveError, match="^archive is corrupt: checksum mismatch$"):
+    with pytest.raises(ArchiveError, match=r"^archive is corrupt: checksum mismatch$"):
         await anyio.to_thread.run_sync(restore_archive, ops_settings, result.path)
     with pytest.raises(ArchiveError):
         await anyio.to_thread.run_sync(verify_archive, ops_settings, result.path)
@@ -122,9 +118,7 @@ async def test_truncated_archive_is_refused(ops_settings: Settings) -> None:
 
 
 @pytest.mark.anyio
-async def test_wrong_key_is_refused_and_the_database_is_untouched(
-    ops_settings: Settings, tmp_path: Path
-) -> None:
+async def test_wrong_key_is_refused_and_the_database_is_untouched(ops_settings: Settings, tmp_path: Path) -> None:
     url = ops_settings.database_url
     settings = make_settings(tmp_path, database_url=url, backup_encryption_key=KEY)
     await seed(settings, accounts=1, notes=3)
@@ -132,10 +126,10 @@ async def test_wrong_key_is_refused_and_the_database_is_untouched(
     await seed(settings, accounts=1, notes=1)
     before = await count_tables(settings)
     wrong = make_settings(tmp_path, database_url=url, backup_encryption_key="not-the-key-0123456789")
-    with pytest.raises(ArchiveError, match="^wrong encryption key for this archive"):
+    with pytest.raises(ArchiveError, match=r"^wrong encryption key for this archive"):
         await anyio.to_thread.run_sync(restore_archive, wrong, result.path)
     no_key = make_settings(tmp_path, database_url=url)
-    with pytest.raises(ArchiveError, match="^archive is encrypted and STALWART_BACKUP_ENCRYPTION_KEY"):
+    with pytest.raises(ArchiveError, match=r"^archive is encrypted and STALWART_BACKUP_ENCRYPTION_KEY"):
         await anyio.to_thread.run_sync(restore_archive, no_key, result.path)
     assert await count_tables(settings) == before
 
@@ -150,7 +144,7 @@ async def test_newer_schema_archive_is_refused(ops_settings: Settings, tmp_path:
     future = Manifest.model_validate({**result.manifest.model_dump(), "schema_revision": "0099"})
     forged = ops_settings.effective_backup_dir / "future.tar"
     write_archive(forged, future, work / "data", None, work)
-    with pytest.raises(ArchiveError, match="^archive schema revision 0099 is newer than this release"):
+    with pytest.raises(ArchiveError, match=r"^archive schema revision 0099 is newer than this release"):
         await anyio.to_thread.run_sync(restore_archive, ops_settings, forged)
     assert await count_tables(ops_settings) == before
 
@@ -168,15 +162,12 @@ def test_rotation_keeps_the_newest(tmp_path: Path, sqlite_template: Path) -> Non
     assert folder.stat().st_mode & 0o777 == 0o700
 
 
-def test_cli_backup_prints_the_path_last_and_restore_refuses_in_one_line(
-    tmp_path: Path, sqlite_template: Path
-) -> None:
+def test_cli_backup_prints_the_path_last_and_restore_refuses_in_one_line(tmp_path: Path, sqlite_template: Path) -> None:
     import shutil
 
     db = tmp_path / "stalwart.db"
     shutil.copy(sqlite_template, db)
-    env = {"STALWART_ENV": "test", "STALWART_DATA_DIR": str(tmp_path),
-           "STALWART_BACKUP_ENCRYPTION_KEY": KEY}
+    env = {"STALWART_ENV": "test", "STALWART_DATA_DIR": str(tmp_path), "STALWART_BACKUP_ENCRYPTION_KEY": KEY}
     runner = CliRunner()
     result = runner.invoke(cli_app, ["backup"], env=env)
     assert result.exit_code == 0, result.output
@@ -209,7 +200,7 @@ def test_restore_refuses_an_archive_of_the_other_backend(tmp_path: Path) -> None
         pg_settings = make_settings(tmp_path / "pg", database_url=url)
         result = asyncio.run(create_backup(pg_settings))
     sqlite_settings = make_settings(tmp_path / "lite")
-    with pytest.raises(ArchiveError, match="^archive is a postgresql backup; this deployment uses"):
+    with pytest.raises(ArchiveError, match=r"^archive is a postgresql backup; this deployment uses"):
         restore_archive(sqlite_settings, result.path)
     assert not (tmp_path / "lite" / "data" / "stalwart.db").exists()
 

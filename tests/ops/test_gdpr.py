@@ -41,8 +41,11 @@ async def _erase(settings: Settings, account_id: str) -> object:
     try:
         async with db.session() as s:
             # An event where the account acted on someone else: the actor is pseudonymized too.
-            s.add(AuditEvent(event="admin.granted", subject="someone-else", actor=account_id,
-                             ip="198.51.100.0", details={}))
+            s.add(
+                AuditEvent(
+                    event="admin.granted", subject="someone-else", actor=account_id, ip="198.51.100.0", details={}
+                )
+            )
             await s.commit()
         async with db.session() as s:
             return await erase_account(s, settings, account_id, actor="cli", reason="test")
@@ -153,8 +156,7 @@ async def test_email_hash_matches_only_erasures_made_after_the_archive(
     renamed = await _account(ops_settings, renamed_id)
     assert returning is not None
     assert renamed is not None
-    erasure_ledger.append(ops_settings, "old-account-id", returning.email,
-                          at=returning.created_at - timedelta(days=30))
+    erasure_ledger.append(ops_settings, "old-account-id", returning.email, at=returning.created_at - timedelta(days=30))
     result = await create_backup(ops_settings)
     # After the archive: an erasure naming the email of an account whose id differs.
     erasure_ledger.append(ops_settings, "some-other-id", renamed.email)
@@ -188,9 +190,7 @@ def test_cli_export_and_erase(tmp_path: Path) -> None:
     assert "token_hash" not in result.stdout
 
     out = tmp_path / "export.json"
-    result = runner.invoke(
-        cli_app, ["gdpr", "export", "--account", account_id, "--output", str(out)], env=env
-    )
+    result = runner.invoke(cli_app, ["gdpr", "export", "--account", account_id, "--output", str(out)], env=env)
     assert result.stdout.startswith(f"wrote the export of account {account_id} to {out}")
     assert out.stat().st_mode & 0o777 == 0o600
 

@@ -55,9 +55,7 @@ async def test_postgres_advisory_lock_is_exclusive_and_dies_with_its_session(
     assert -(2**63) <= advisory_key(name) < 2**63
 
 
-async def test_redis_lock_is_exclusive_renewed_and_owner_released(
-    redis: Redis, redis_prefix: str
-) -> None:
+async def test_redis_lock_is_exclusive_renewed_and_owner_released(redis: Redis, redis_prefix: str) -> None:
     key = f"{redis_prefix}lock:backup"
     a = RedisLock(redis, key, ttl_ms=300)
     b = RedisLock(redis, key, ttl_ms=300)

@@ -33,26 +33,30 @@ async def _populate(settings: Settings) -> dict[str, str]:
     ids: dict[str, str] = {}
     try:
         async with db.session() as s:
-            owner = Account(email="owner@example.com", password_hash="h", display_name="o",
-                            last_login_at=now)
-            dormant_old = Account(email="old@example.com", password_hash="h", display_name="o",
-                                  created_at=now - 366 * days)
-            dormant_new = Account(email="new@example.com", password_hash="h", display_name="o",
-                                  created_at=now - 364 * days)
-            admin = Account(email="admin@example.com", password_hash="h", display_name="a",
-                            role="admin", created_at=now - 400 * days)
+            owner = Account(email="owner@example.com", password_hash="h", display_name="o", last_login_at=now)
+            dormant_old = Account(
+                email="old@example.com", password_hash="h", display_name="o", created_at=now - 366 * days
+            )
+            dormant_new = Account(
+                email="new@example.com", password_hash="h", display_name="o", created_at=now - 364 * days
+            )
+            admin = Account(
+                email="admin@example.com",
+                password_hash="h",
+                display_name="a",
+                role="admin",
+                created_at=now - 400 * days,
+            )
             s.add_all([owner, dormant_old, dormant_new, admin])
             await s.flush()
-            ids.update(owner=owner.id, dormant_old=dormant_old.id, dormant_new=dormant_new.id,
-                       admin=admin.id)
+            ids.update(owner=owner.id, dormant_old=dormant_old.id, dormant_new=dormant_new.id, admin=admin.id)
             old_trash = Note(account_id=owner.id, title="old", tags=["t"], deleted_at=now - 31 * days)
             new_trash = Note(account_id=owner.id, title="new", tags=["t"], deleted_at=now - 29 * days)
             live = Note(account_id=owner.id, title="live", tags=["t"], created_at=now - 999 * days)
             s.add_all([old_trash, new_trash, live])
             await s.flush()
             ids.update(old_trash=old_trash.id, new_trash=new_trash.id, live=live.id)
-            s.add_all([NoteTag(note_id=n.id, tag="t", account_id=owner.id)
-                       for n in (old_trash, new_trash, live)])
+            s.add_all([NoteTag(note_id=n.id, tag="t", account_id=owner.id) for n in (old_trash, new_trash, live)])
             for name, expires, revoked in (
                 ("expired_old", now - 8 * days, None),
                 ("expired_new", now - 6 * days, None),
@@ -60,15 +64,22 @@ async def _populate(settings: Settings) -> dict[str, str]:
                 ("revoked_new", now + 30 * days, now - 6 * days),
                 ("valid", now + 30 * days, None),
             ):
-                token = Token(account_id=owner.id, token_hash=uuid.uuid4().hex * 2,
-                              created_at=now - 40 * days, expires_at=expires, revoked_at=revoked)
+                token = Token(
+                    account_id=owner.id,
+                    token_hash=uuid.uuid4().hex * 2,
+                    created_at=now - 40 * days,
+                    expires_at=expires,
+                    revoked_at=revoked,
+                )
                 s.add(token)
                 await s.flush()
                 ids[name] = token.id
-            s.add_all([
-                AuditEvent(event="auth.login", subject=owner.id, at=now - 366 * days),
-                AuditEvent(event="auth.login", subject=owner.id, at=now - 364 * days),
-            ])
+            s.add_all(
+                [
+                    AuditEvent(event="auth.login", subject=owner.id, at=now - 366 * days),
+                    AuditEvent(event="auth.login", subject=owner.id, at=now - 364 * days),
+                ]
+            )
             await s.commit()
     finally:
         await db.close()
@@ -93,22 +104,28 @@ async def test_purge_removes_what_is_past_retention_and_keeps_the_rest(
     await db.start()
     try:
         dry = await purge(db, ops_settings, dry_run=True)
-        assert dry.counts() == {"trashed_notes": 1, "tokens": 2, "inactive_accounts": 1,
-                                "audit_events": 1, "backups": 0}
+        assert dry.counts() == {
+            "trashed_notes": 1,
+            "tokens": 2,
+            "inactive_accounts": 1,
+            "audit_events": 1,
+            "backups": 0,
+        }
         assert dry.lines()[0] == "would remove 1 trashed notes"
         assert ids["old_trash"] in await _ids(ops_settings, Note), "dry run removes nothing"
 
         report = await purge(db, ops_settings, actor="cli")
         assert report.counts() == dry.counts()
         assert report.lines() == [
-            "removed 1 trashed notes", "removed 2 tokens", "removed 1 inactive accounts",
-            "removed 1 audit events", "removed 0 backups",
+            "removed 1 trashed notes",
+            "removed 2 tokens",
+            "removed 1 inactive accounts",
+            "removed 1 audit events",
+            "removed 0 backups",
         ]
         async with db.session() as s:
             tags = set((await s.scalars(select(NoteTag.note_id))).all())
-            audit_left = (await s.scalars(
-                select(AuditEvent.event).where(AuditEvent.event == "auth.login")
-            )).all()
+            audit_left = (await s.scalars(select(AuditEvent.event).where(AuditEvent.event == "auth.login"))).all()
             purged = (await s.scalars(select(AuditEvent).where(AuditEvent.event == PURGED_EVENT))).one()
         assert purged.actor == "cli"
         assert purged.details == report.counts()
@@ -129,9 +146,15 @@ def purge_nothing() -> object:
 
 
 async def test_zero_days_keeps_that_kind_forever(tmp_path: Path, fresh_url: str) -> None:
-    settings = make_settings(tmp_path, database_url=fresh_url, retention_trash_days=0,
-                             retention_tokens_days=0, retention_inactive_accounts_days=0,
-                             retention_audit_days=0, retention_backups_days=0)
+    settings = make_settings(
+        tmp_path,
+        database_url=fresh_url,
+        retention_trash_days=0,
+        retention_tokens_days=0,
+        retention_inactive_accounts_days=0,
+        retention_audit_days=0,
+        retention_backups_days=0,
+    )
     await _populate(settings)
     db = Database(settings)
     await db.start()
@@ -141,8 +164,7 @@ async def test_zero_days_keeps_that_kind_forever(tmp_path: Path, fresh_url: str)
             notes = await s.scalar(select(func.count()).select_from(Note))
     finally:
         await db.close()
-    assert report.counts() == {"trashed_notes": 0, "tokens": 0, "inactive_accounts": 0,
-                               "audit_events": 0, "backups": 0}
+    assert report.counts() == {"trashed_notes": 0, "tokens": 0, "inactive_accounts": 0, "audit_events": 0, "backups": 0}
     assert notes == 3
 
 
@@ -151,8 +173,7 @@ async def test_old_backups_go_but_never_the_newest(tmp_path: Path) -> None:
     folder = settings.effective_backup_dir
     folder.mkdir(parents=True)
     now = utcnow()
-    names = [f"stalwart-{(now - timedelta(days=d)):%Y%m%dT%H%M%S%fZ}-00000{i}.tar"
-             for i, d in enumerate((40, 35, 5))]
+    names = [f"stalwart-{(now - timedelta(days=d)):%Y%m%dT%H%M%S%fZ}-00000{i}.tar" for i, d in enumerate((40, 35, 5))]
     for n in names:
         (folder / n).write_bytes(b"x")
     (folder / (names[0] + ".verified.json")).write_text("{}")
@@ -183,8 +204,11 @@ def test_cli_purge_prints_counts_per_kind(tmp_path: Path) -> None:
     result = runner.invoke(cli_app, ["purge", "--dry-run"], env=env)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "would remove 0 trashed notes", "would remove 0 tokens", "would remove 0 inactive accounts",
-        "would remove 0 audit events", "would remove 0 backups",
+        "would remove 0 trashed notes",
+        "would remove 0 tokens",
+        "would remove 0 inactive accounts",
+        "would remove 0 audit events",
+        "would remove 0 backups",
     ]
     result = runner.invoke(cli_app, ["purge"], env=env)
     assert result.stdout.splitlines()[0] == "removed 0 trashed notes"

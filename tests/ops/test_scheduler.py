@@ -42,9 +42,7 @@ def _lifecycle(application: FastAPI) -> Lifecycle:
 
 
 @pytest.fixture(params=["postgres", "redis", "file"])
-def shared_settings(
-    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
-) -> Settings:
+def shared_settings(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Settings:
     if request.param == "postgres":
         from tests.conftest import PostgresDatabase
 
@@ -59,9 +57,14 @@ def shared_settings(
     url = f"sqlite+aiosqlite:///{db}"
     if request.param == "redis":
         prefix = request.getfixturevalue("redis_prefix")
-        return make_settings(tmp_path, database_url=url, purge_interval_hours=0,
-                             redis_url=REDIS_URL, scheduler_lock="redis",
-                             scheduler_lock_prefix=prefix)
+        return make_settings(
+            tmp_path,
+            database_url=url,
+            purge_interval_hours=0,
+            redis_url=REDIS_URL,
+            scheduler_lock="redis",
+            scheduler_lock_prefix=prefix,
+        )
     return make_settings(tmp_path, database_url=url, purge_interval_hours=0)
 
 
@@ -110,8 +113,7 @@ async def _old_trashed_note(settings: Settings) -> str:
     await db.start()
     try:
         async with db.session() as s:
-            owner = Account(email="o@example.com", password_hash="h", display_name="o",
-                            last_login_at=utcnow())
+            owner = Account(email="o@example.com", password_hash="h", display_name="o", last_login_at=utcnow())
             s.add(owner)
             await s.flush()
             note = Note(account_id=owner.id, title="old", deleted_at=at(days_ago=90))
@@ -122,52 +124,40 @@ async def _old_trashed_note(settings: Settings) -> str:
         await db.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_scheduled_purge_and_backup_run_once_across_two_instances(
-    backend: str, tmp_path: Path, sqlite_template: Path, request: pytest.FixtureRequest
-) -> None:
-    if backend == "postgres":
-        from tests.ops.helpers import scratch_postgres
-
-        context: Any = scratch_postgres()
-    else:
-        import shutil
-
-        db = tmp_path / "data" / "stalwart.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(sqlite_template, db)
-        context = contextlib.nullcontext(f"sqlite+aiosqlite:///{db}")
-    with context as url:
-        settings = make_settings(
-            tmp_path, database_url=url, purge_interval_hours=1, backup_interval_hours=1,
-            scheduler_start_delay_seconds=0,
-        )
-        note_id = await _old_trashed_note(settings)
-        async with _instances(settings):
-            for _ in range(600):  # bounded: 60 s
-                purged = await _events(settings, "retention.purged")
-                backed = await _events(settings, "backup.created")
-                if purged and backed:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.5)  # a second run, if any, would land now
+async def test_scheduled_purge_and_backup_run_once_across_two_instances(fresh_url: str, tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url=fresh_url,
+        purge_interval_hours=1,
+        backup_interval_hours=1,
+        scheduler_start_delay_seconds=0,
+    )
+    note_id = await _old_trashed_note(settings)
+    async with _instances(settings):
+        for _ in range(600):  # bounded: 60 s
             purged = await _events(settings, "retention.purged")
             backed = await _events(settings, "backup.created")
-        assert len(purged) == 1
-        assert purged[0].actor == "scheduler"
-        assert purged[0].details["trashed_notes"] == 1
-        assert len(backed) == 1
-        assert backed[0].details["verified"] is True
-        archives = list_archives(settings)
-        assert len(archives) == 1
-        assert archives[0].verified is True
-        db = Database(settings)
-        await db.start()
-        try:
-            async with db.session() as s:
-                assert await s.get(Note, note_id) is None
-        finally:
-            await db.close()
+            if purged and backed:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # a second run, if any, would land now
+        purged = await _events(settings, "retention.purged")
+        backed = await _events(settings, "backup.created")
+    assert len(purged) == 1
+    assert purged[0].actor == "scheduler"
+    assert purged[0].details["trashed_notes"] == 1
+    assert len(backed) == 1
+    assert backed[0].details["verified"] is True
+    archives = list_archives(settings)
+    assert len(archives) == 1
+    assert archives[0].verified is True
+    db = Database(settings)
+    await db.start()
+    try:
+        async with db.session() as s:
+            assert await s.get(Note, note_id) is None
+    finally:
+        await db.close()
 
 
 async def test_no_loops_when_intervals_are_zero(tmp_path: Path, sqlite_template: Path) -> None:

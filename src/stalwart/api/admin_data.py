@@ -3,19 +3,16 @@ operation (`stalwart restore FILE`): it replaces the database under the running 
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlencode
 
 import anyio.to_thread
-import orjson
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from sqlalchemy import and_, or_, select
 from starlette.exceptions import HTTPException
 
+from stalwart.api.cursors import decode_cursor, encode_cursor
 from stalwart.api.deps import Admin, Res, Session, client_ip
 from stalwart.api.lifecycle_schemas import AuditEventOut, BackupJobOut, BackupOut
 from stalwart.api.responses import errors
@@ -28,23 +25,6 @@ from stalwart.ops.backup import ARCHIVE_NAME, list_archives
 __all__ = ["router"]
 
 router = APIRouter()
-
-
-def _cursor(event: AuditEvent) -> str:
-    raw = orjson.dumps([event.at.isoformat(), event.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at_text, event_id = orjson.loads(raw)
-        at = datetime.fromisoformat(at_text)
-        if at.tzinfo is None:
-            raise ValueError("naive datetime")
-        return at, str(event_id)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise HTTPException(400, "The cursor is not one this API issued.") from None
 
 
 @router.get(
@@ -68,15 +48,13 @@ async def list_audit(
     if subject is not None:
         stmt = stmt.where(AuditEvent.subject == subject)
     if cursor:
-        at, last_id = _decode(cursor)
-        stmt = stmt.where(
-            or_(AuditEvent.at < at, and_(AuditEvent.at == at, AuditEvent.id < last_id))
-        )
+        at, last_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(AuditEvent.at < at, and_(AuditEvent.at == at, AuditEvent.id < last_id)))
     rows = list((await session.scalars(stmt)).all())
     next_url = None
     if len(rows) > limit:
         rows = rows[:limit]
-        params: dict[str, str | int] = {"limit": limit, "cursor": _cursor(rows[-1])}
+        params: dict[str, str | int] = {"limit": limit, "cursor": encode_cursor(rows[-1].at, rows[-1].id)}
         if event is not None:
             params["event"] = event
         if subject is not None:
@@ -156,9 +134,7 @@ async def start_backup(
     },
     summary="Download one backup archive (administrators)",
 )
-async def download_backup(
-    name: str, request: Request, admin: Admin, session: Session, resources: Res
-) -> FileResponse:
+async def download_backup(name: str, request: Request, admin: Admin, session: Session, resources: Res) -> FileResponse:
     # Only names this service writes: no path separators, no traversal.
     path = resources.settings.effective_backup_dir / name
     if not ARCHIVE_NAME.match(name) or not path.is_file():

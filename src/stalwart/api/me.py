@@ -120,4 +120,5 @@ async def erase_me(
         await session.commit()
         raise HTTPException(403, "current_password is required and must be right.")
     await erase_account(session, resources.settings, account.id, actor=None, reason="self-service")
+    await resources.invalidate_notes(account.id)  # no cached copy of their notes outlives them
     return Response(status_code=204)

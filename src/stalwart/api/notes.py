@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import delete, select
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
 
+from stalwart.api.cursors import decode_cursor as _decode
+from stalwart.api.cursors import encode_cursor as _encode
 from stalwart.api.deps import Caller, Res, Session
 from stalwart.api.etags import check_if_match, list_etag, not_modified, version_etag
 from stalwart.api.responses import errors
@@ -31,17 +30,11 @@ _NOT_FOUND = "No such note."
 
 
 def encode_cursor(row: NoteRow) -> str:
-    raw = orjson.dumps([row.created_at.isoformat(), row.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _encode(row.created_at, row.id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, note_id = orjson.loads(raw)
-        return datetime.fromisoformat(created), str(note_id)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise HTTPException(400, "The cursor is not one this API issued.") from None
+    return _decode(cursor)
 
 
 def _dedupe(tags: list[str]) -> list[str]:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime, timedelta
 from typing import Annotated
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
 
+from stalwart.api.cursors import decode_cursor, encode_cursor
 from stalwart.api.deps import Caller, Res, Session
 from stalwart.api.lifecycle_schemas import TrashedNoteOut
 from stalwart.api.responses import errors
@@ -27,22 +26,9 @@ router = APIRouter(prefix="/api/v1/trash", tags=["trash"])
 _NOT_FOUND = "No such note in your trash."
 
 
-def _cursor(note: Note) -> str:
+def _deleted(note: Note) -> datetime:
     assert note.deleted_at is not None
-    raw = orjson.dumps([note.deleted_at.isoformat(), note.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        deleted, note_id = orjson.loads(raw)
-        at = datetime.fromisoformat(deleted)
-        if at.tzinfo is None:
-            raise ValueError("naive datetime")
-        return at, str(note_id)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise HTTPException(400, "The cursor is not one this API issued.") from None
+    return note.deleted_at
 
 
 def _out(note: Note, keep_days: int) -> TrashedNoteOut:
@@ -62,9 +48,7 @@ def _out(note: Note, keep_days: int) -> TrashedNoteOut:
 
 async def _trashed(session: Session, caller: Caller, note_id: str) -> Note:
     note = await session.scalar(
-        select(Note).where(
-            Note.id == note_id, Note.account_id == caller.account_id, Note.deleted_at.is_not(None)
-        )
+        select(Note).where(Note.id == note_id, Note.account_id == caller.account_id, Note.deleted_at.is_not(None))
     )
     if note is None:
         raise HTTPException(404, _NOT_FOUND)
@@ -92,13 +76,14 @@ async def list_trash(
         .limit(limit + 1)
     )
     if cursor:
-        at, last_id = _decode(cursor)
+        at, last_id = decode_cursor(cursor)
         stmt = stmt.where(or_(Note.deleted_at < at, and_(Note.deleted_at == at, Note.id < last_id)))
     rows = list((await session.scalars(stmt)).all())
     next_url = None
     if len(rows) > limit:
         rows = rows[:limit]
-        next_url = f"{request.url.path}?{urlencode({'limit': limit, 'cursor': _cursor(rows[-1])})}"
+        cursor_out = encode_cursor(_deleted(rows[-1]), rows[-1].id)
+        next_url = f"{request.url.path}?{urlencode({'limit': limit, 'cursor': cursor_out})}"
     keep = resources.settings.retention_trash_days
     return ListPage[TrashedNoteOut](data=[_out(n, keep) for n in rows], next=next_url)
 
@@ -106,15 +91,19 @@ async def list_trash(
 @router.post(
     "/{note_id}/restore",
     response_model=NoteOut,
-    responses=errors(401, 404),
+    responses=errors(401, 404, 409),
     summary="Restore a note from your trash",
 )
-async def restore_note(note_id: str, caller: Caller, session: Session) -> NoteOut:
+async def restore_note(note_id: str, caller: Caller, session: Session, resources: Res) -> NoteOut:
     note = await _trashed(session, caller, note_id)
     note.deleted_at = None
-    note.updated_at = utcnow()
-    note.version += 1  # a restored note is a new version: cached copies must not match
-    await session.commit()
+    note.updated_at = utcnow()  # the mapper bumps the version: cached copies and ETags change
+    try:
+        await session.commit()
+    except StaleDataError:
+        await session.rollback()
+        raise HTTPException(409, "The note was changed by another request; try again.") from None
+    await resources.invalidate_notes(caller.account_id)
     return NoteOut(
         id=note.id,
         title=note.title,

@@ -160,7 +160,7 @@ class Monitoring:
             "rss_trend": [[t, v] for t, v in self.sampler.trend],
             "pool": pool,
             "rate_limit": {
-                "hits": STATS.hits, "rejections": STATS.rejections, "errors": STATS.errors
+                key: int(getattr(STATS, key, 0)) for key in ("hits", "rejections", "errors")
             },
             "alerts": {
                 a.name: {"state": a.state, "value": a.value, "since": a.since}

@@ -165,9 +165,7 @@ class _EncryptingWriter(io.RawIOBase):
         return True
 
     def _emit(self, plain: bytes, last: bool) -> None:
-        sealed = self.aead.encrypt(
-            _nonce(self.prefix, self.counter), plain, self.aad + (b"\x01" if last else b"\x00")
-        )
+        sealed = self.aead.encrypt(_nonce(self.prefix, self.counter), plain, self.aad + (b"\x01" if last else b"\x00"))
         self.sink.write(len(sealed).to_bytes(4, "big"))
         self.sink.write(sealed)
         self.counter += 1
@@ -187,9 +185,7 @@ class _EncryptingWriter(io.RawIOBase):
         super().close()
 
 
-def _decrypt_chunks(
-    source: IO[bytes], size: int, key: bytes, params: Encryption, aad: bytes
-) -> Iterator[bytes]:
+def _decrypt_chunks(source: IO[bytes], size: int, key: bytes, params: Encryption, aad: bytes) -> Iterator[bytes]:
     aead = AESGCM(key)
     prefix = _unb64(params.nonce_prefix)
     remaining = size
@@ -205,9 +201,7 @@ def _decrypt_chunks(
         remaining -= 4 + length
         last = remaining == 0
         try:
-            yield aead.decrypt(
-                _nonce(prefix, counter), sealed, aad + (b"\x01" if last else b"\x00")
-            )
+            yield aead.decrypt(_nonce(prefix, counter), sealed, aad + (b"\x01" if last else b"\x00"))
         except InvalidTag:
             raise ArchiveError("archive is corrupt: encrypted data fails authentication") from None
         counter += 1
@@ -252,9 +246,7 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     return manifest.model_dump_json(indent=2).encode() + b"\n"
 
 
-def write_archive(
-    dest: Path, manifest: Manifest, data_file: Path, key: bytes | None, workdir: Path
-) -> None:
+def write_archive(dest: Path, manifest: Manifest, data_file: Path, key: bytes | None, workdir: Path) -> None:
     """Compress (and encrypt) `data_file` and write the archive at `dest` atomically (0600)."""
     meta = manifest_bytes(manifest)
     aad = hashlib.sha256(meta).digest()
@@ -280,13 +272,9 @@ def write_archive(
         with tarfile.open(fileobj=hashing, mode="w", format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
             tar.addfile(_member(MANIFEST_NAME, len(meta), manifest.created_at), io.BytesIO(meta))
             with payload.open("rb") as body:
-                tar.addfile(
-                    _member(manifest.data.name, payload.stat().st_size, manifest.created_at), body
-                )
+                tar.addfile(_member(manifest.data.name, payload.stat().st_size, manifest.created_at), body)
             checksum = (hashing.digest.hexdigest() + "\n").encode()
-            tar.addfile(
-                _member(CHECKSUM_NAME, len(checksum), manifest.created_at), io.BytesIO(checksum)
-            )
+            tar.addfile(_member(CHECKSUM_NAME, len(checksum), manifest.created_at), io.BytesIO(checksum))
         fh.flush()
         os.fsync(fh.fileno())
     payload.unlink()

@@ -86,8 +86,7 @@ def sqlite_counts(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]
     tables = [
         r[0]
         for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            "ORDER BY name"
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
         )
     ]
     counts = {
@@ -152,9 +151,7 @@ async def _dump_postgres(url: URL, dest: Path) -> tuple[dict[str, int], str | No
                         proc.kill()
                         await proc.wait()
                 if proc.returncode != 0:
-                    lines = [
-                        ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()
-                    ]
+                    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
                     raise BackupError(f"pg_dump failed: {lines[-1] if lines else proc.returncode}")
             return counts, revision
     finally:
@@ -189,9 +186,7 @@ async def create_backup(settings: Settings) -> BackupResult:
         work = Path(tmp)
         data = work / "data"
         if backend == "sqlite":
-            counts, revision = await anyio.to_thread.run_sync(
-                _dump_sqlite, Path(str(url.database)), data
-            )
+            counts, revision = await anyio.to_thread.run_sync(_dump_sqlite, Path(str(url.database)), data)
         else:
             counts, revision = await _dump_postgres(url, data)
         passphrase = passphrase_of(settings.backup_encryption_key)
@@ -240,9 +235,7 @@ def _sidecar(path: Path) -> Path:
 def record_verification(path: Path, ok: bool, detail: str) -> None:
     """Remember the outcome of `backup verify` next to the archive (best effort)."""
     with contextlib.suppress(OSError):
-        _sidecar(path).write_bytes(
-            orjson.dumps({"ok": ok, "verified_at": utcnow().isoformat(), "detail": detail})
-        )
+        _sidecar(path).write_bytes(orjson.dumps({"ok": ok, "verified_at": utcnow().isoformat(), "detail": detail}))
         _sidecar(path).chmod(0o600)
 
 
@@ -265,9 +258,7 @@ def list_archives(settings: Settings) -> list[ArchiveInfo]:
             size = path.stat().st_size if path.exists() else 0
         created = manifest.created_at if manifest else _created_from_name(path.name)
         verified, verified_at = _verification(path)
-        infos.append(
-            ArchiveInfo(path.name, path, size, created or utcnow(), manifest, verified, verified_at)
-        )
+        infos.append(ArchiveInfo(path.name, path, size, created or utcnow(), manifest, verified, verified_at))
     return infos
 
 

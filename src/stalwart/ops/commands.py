@@ -26,12 +26,8 @@ __all__ = ["backup_app", "gdpr_app", "purge_command", "restore_command"]
 
 T = TypeVar("T")
 
-gdpr_app = typer.Typer(
-    help="GDPR requests: export or erase one account's personal data.", no_args_is_help=True
-)
-backup_app = typer.Typer(
-    help="Make a backup archive (no subcommand), or verify one.", invoke_without_command=True
-)
+gdpr_app = typer.Typer(help="GDPR requests: export or erase one account's personal data.", no_args_is_help=True)
+backup_app = typer.Typer(help="Make a backup archive (no subcommand), or verify one.", invoke_without_command=True)
 
 
 def _settings() -> Settings:
@@ -74,9 +70,7 @@ def purge_command(
     from stalwart.ops.retention import purge
 
     settings = _settings()
-    report = asyncio.run(
-        _with_db(settings, lambda db: purge(db, settings, dry_run=dry_run, actor="cli"))
-    )
+    report = asyncio.run(_with_db(settings, lambda db: purge(db, settings, dry_run=dry_run, actor="cli")))
     for line in report.lines():
         _say(line)
 
@@ -87,9 +81,7 @@ def purge_command(
 @gdpr_app.command("export")
 def gdpr_export(
     account: Annotated[str, typer.Option("--account", help="Account id")],
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here (0600) instead of stdout")
-    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (0600) instead of stdout")] = None,
 ) -> None:
     """Every piece of personal data held on one account, as one JSON document."""
     from stalwart.ops.gdpr import export_account
@@ -132,9 +124,7 @@ def gdpr_erase(
 
     async def run(db: Database) -> ErasureReport | None:
         async with db.session() as session:
-            return await erase_account(
-                session, settings, account, actor="cli", reason="operator request"
-            )
+            return await erase_account(session, settings, account, actor="cli", reason="operator request")
 
     report = asyncio.run(_with_db(settings, run))
     if report is None:
@@ -182,10 +172,7 @@ def backup_command(
         _fail(f"backup failed: {exc}")
         return
     manifest = result.manifest
-    _say(
-        f"backed up {manifest.backend} database {_where(settings)} "
-        f"at schema {manifest.schema_revision or 'base'}"
-    )
+    _say(f"backed up {manifest.backend} database {_where(settings)} at schema {manifest.schema_revision or 'base'}")
     _say(f"rows: {_counts(manifest.row_counts)}")
     _say("encrypted: yes (AES-256-GCM)" if manifest.encryption else "encrypted: no")
     verified: bool | None = None
@@ -243,9 +230,7 @@ def backup_verify(
         f"schema {manifest.schema_revision or 'base'}, "
         f"{'encrypted' if manifest.encryption else 'not encrypted'}"
     )
-    _say(
-        f"restored into a scratch database; row counts match the manifest: {_counts(report.counts)}"
-    )
+    _say(f"restored into a scratch database; row counts match the manifest: {_counts(report.counts)}")
 
 
 def restore_command(
@@ -258,9 +243,7 @@ def restore_command(
     from stalwart.ops.restore import restore_archive
 
     settings = _settings()
-    if not yes and not typer.confirm(
-        f"Replace every table of {_where(settings)} with the contents of {file.name}?"
-    ):
+    if not yes and not typer.confirm(f"Replace every table of {_where(settings)} with the contents of {file.name}?"):
         _fail("aborted, nothing restored")
     try:
         report = restore_archive(settings, file)
@@ -278,7 +261,4 @@ def restore_command(
         f"schema {manifest.schema_revision or 'base'}) into {_where(settings)}"
     )
     _say(f"rows: {_counts(report.counts)}")
-    _say(
-        f"schema migrated to {report.revision or 'base'}; "
-        f"erasures re-applied from the ledger: {report.reapplied}"
-    )
+    _say(f"schema migrated to {report.revision or 'base'}; erasures re-applied from the ledger: {report.reapplied}")

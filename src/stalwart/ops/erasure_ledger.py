@@ -40,9 +40,7 @@ def ledger_path(settings: Settings) -> Path:
 def email_hash(settings: Settings, email: str) -> str:
     # Keyed: a plain SHA-256 of an email is reversed by hashing candidate addresses.
     key = settings.secret_key.get_secret_value().encode()
-    return hmac.new(
-        key, b"erasure-email:" + email.strip().lower().encode(), hashlib.sha256
-    ).hexdigest()
+    return hmac.new(key, b"erasure-email:" + email.strip().lower().encode(), hashlib.sha256).hexdigest()
 
 
 def append(settings: Settings, account_id: str, email: str, at: datetime | None = None) -> Erasure:

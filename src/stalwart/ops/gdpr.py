@@ -98,14 +98,10 @@ async def export_account(
     if account is None:
         return None
     notes = (
-        await session.scalars(
-            select(Note).where(Note.account_id == account_id).order_by(Note.created_at, Note.id)
-        )
+        await session.scalars(select(Note).where(Note.account_id == account_id).order_by(Note.created_at, Note.id))
     ).all()
     tokens = (
-        await session.scalars(
-            select(Token).where(Token.account_id == account_id).order_by(Token.created_at, Token.id)
-        )
+        await session.scalars(select(Token).where(Token.account_id == account_id).order_by(Token.created_at, Token.id))
     ).all()
     events = (
         await session.scalars(
@@ -171,13 +167,9 @@ async def erase_account(
     tokens = _count(await session.execute(delete(Token).where(Token.account_id == account_id)))
     # The events stay (security history), the person in them is no longer identifiable.
     theirs = or_(AuditEvent.subject == account_id, AuditEvent.actor == account_id)
-    audited = int(
-        await session.scalar(select(func.count()).select_from(AuditEvent).where(theirs)) or 0
-    )
+    audited = int(await session.scalar(select(func.count()).select_from(AuditEvent).where(theirs)) or 0)
     for column in (AuditEvent.subject, AuditEvent.actor):
-        await session.execute(
-            update(AuditEvent).where(column == account_id).values({column: alias, "ip": None})
-        )
+        await session.execute(update(AuditEvent).where(column == account_id).values({column: alias, "ip": None}))
     await session.execute(delete(Account).where(Account.id == account_id))
     record(
         session,

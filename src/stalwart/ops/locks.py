@@ -39,9 +39,7 @@ class JobLock(Protocol):
 
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key for pg_try_advisory_lock."""
-    return int.from_bytes(
-        hashlib.sha256(f"stalwart:{name}".encode()).digest()[:8], "big", signed=True
-    )
+    return int.from_bytes(hashlib.sha256(f"stalwart:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 class PostgresLock:
@@ -77,13 +75,8 @@ class PostgresLock:
             await conn.close()
 
 
-_RELEASE = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-)
-_RENEW = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-)
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 
 
 class RedisLock:

@@ -51,9 +51,7 @@ class PgToolError(Exception):
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise PgToolError(
-            f"{name} not found: install the PostgreSQL client tools (postgresql-client)"
-        )
+        raise PgToolError(f"{name} not found: install the PostgreSQL client tools (postgresql-client)")
     return path
 
 
@@ -114,9 +112,7 @@ def run_tool(args: list[str], *, timeout: float = 3600) -> None:
         raise PgToolError(f"{Path(args[0]).name} timed out after {timeout:.0f} s") from None
     if result.returncode != 0:
         lines = [ln for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise PgToolError(
-            f"{Path(args[0]).name} failed: {lines[-1] if lines else result.returncode}"
-        )
+        raise PgToolError(f"{Path(args[0]).name} failed: {lines[-1] if lines else result.returncode}")
 
 
 async def _admin(url: URL, sql: str) -> None:

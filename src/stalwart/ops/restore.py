@@ -136,9 +136,7 @@ END $$;
 def _load_postgres(url: URL, data: Path, manifest: Manifest, work: Path) -> None:
     """Replace the database's tables with the dump, in one transaction (all or nothing)."""
     script = work / "restore.sql"
-    pg.run_tool(
-        [pg.tool("pg_restore"), "--no-owner", "--no-privileges", f"--file={script}", str(data)]
-    )
+    pg.run_tool([pg.tool("pg_restore"), "--no-owner", "--no-privileges", f"--file={script}", str(data)])
     prelude = work / "prelude.sql"
     prelude.write_text(_DROP_TABLES)
     checks = work / "checks.sql"
@@ -193,15 +191,11 @@ def verify_archive(settings: Settings, path: Path) -> VerifyReport:
     return VerifyReport(manifest, counts)
 
 
-def _verify_postgres(
-    settings: Settings, data: Path, manifest: Manifest, work: Path
-) -> dict[str, int]:
+def _verify_postgres(settings: Settings, data: Path, manifest: Manifest, work: Path) -> dict[str, int]:
     url = make_url(settings.effective_database_url)
     if url.get_backend_name() != "postgresql":
         # Any reachable server will do for a scratch database; without one, stop here.
-        raise ArchiveError(
-            "verifying a PostgreSQL archive needs STALWART_DATABASE_URL on PostgreSQL"
-        )
+        raise ArchiveError("verifying a PostgreSQL archive needs STALWART_DATABASE_URL on PostgreSQL")
     scratch = f"{(url.database or 'stalwart')[:30]}_verify_{secrets.token_hex(4)}"
     pg.create_database(url, scratch)
     try:
@@ -251,9 +245,7 @@ async def reapply_erasures(settings: Settings, since: datetime | None = None) ->
         await db.close()
 
 
-async def _record_restore(
-    settings: Settings, manifest: Manifest, name: str, reapplied: int
-) -> None:
+async def _record_restore(settings: Settings, manifest: Manifest, name: str, reapplied: int) -> None:
     db = Database(settings)
     await db.start()
     try:
@@ -281,9 +273,7 @@ def restore_archive(settings: Settings, path: Path) -> RestoreReport:
         work = Path(tmp)
         manifest, data = _open_archive(settings, path, work)
         if manifest.backend != backend:
-            raise ArchiveError(
-                f"archive is a {manifest.backend} backup; this deployment uses {backend}"
-            )
+            raise ArchiveError(f"archive is a {manifest.backend} backup; this deployment uses {backend}")
         created = False
         if backend == "sqlite":
             counts = _check_sqlite_file(data, manifest)
@@ -295,6 +285,4 @@ def restore_archive(settings: Settings, path: Path) -> RestoreReport:
     migrate_to(settings.effective_database_url, "head")
     reapplied = asyncio.run(reapply_erasures(settings, since=manifest.created_at))
     asyncio.run(_record_restore(settings, manifest, path.name, reapplied))
-    return RestoreReport(
-        manifest, current_revision(settings.effective_database_url), reapplied, created, counts
-    )
+    return RestoreReport(manifest, current_revision(settings.effective_database_url), reapplied, created, counts)

@@ -61,17 +61,11 @@ def _conditions(settings: Settings, now: datetime) -> dict[str, ColumnElement[bo
     accounts = _cutoff(now, settings.retention_inactive_accounts_days)
     audit = _cutoff(now, settings.retention_audit_days)
     return {
-        "notes": None
-        if trash is None
-        else and_(Note.deleted_at.is_not(None), Note.deleted_at < trash),
-        "tokens": None
-        if tokens is None
-        else or_(Token.expires_at < tokens, Token.revoked_at < tokens),
+        "notes": None if trash is None else and_(Note.deleted_at.is_not(None), Note.deleted_at < trash),
+        "tokens": None if tokens is None else or_(Token.expires_at < tokens, Token.revoked_at < tokens),
         "accounts": None
         if accounts is None
-        else and_(
-            Account.last_login_at.is_(None), Account.created_at < accounts, Account.role != "admin"
-        ),
+        else and_(Account.last_login_at.is_(None), Account.created_at < accounts, Account.role != "admin"),
         "audit": None if audit is None else AuditEvent.at < audit,
     }
 
@@ -93,16 +87,11 @@ async def purge(
             counts[kind] = (
                 0
                 if condition is None
-                else int(
-                    await session.scalar(select(func.count()).select_from(model).where(condition))
-                    or 0
-                )
+                else int(await session.scalar(select(func.count()).select_from(model).where(condition)) or 0)
             )
         account_ids: list[str] = []
         if where["accounts"] is not None:
-            account_ids = list(
-                (await session.scalars(select(Account.id).where(where["accounts"]))).all()
-            )
+            account_ids = list((await session.scalars(select(Account.id).where(where["accounts"]))).all())
     archives: list[Path] = expired_archives(settings, now)
     if dry_run:
         return PurgeReport(
@@ -120,9 +109,7 @@ async def purge(
             # Not in the erasure ledger: a restore brings such an account back and the next
             # purge removes it again by the same rule.
             if (
-                await erase_account(
-                    session, settings, account_id, actor=actor, reason="retention", ledger=False
-                )
+                await erase_account(session, settings, account_id, actor=actor, reason="retention", ledger=False)
                 is not None
             ):
                 erased += 1
@@ -133,9 +120,7 @@ async def purge(
             await session.execute(delete(NoteTag).where(NoteTag.note_id.in_(doomed)))
         for kind, model in (("notes", Note), ("tokens", Token), ("audit", AuditEvent)):
             condition = where[kind]
-            result: Any = (
-                None if condition is None else await session.execute(delete(model).where(condition))
-            )
+            result: Any = None if condition is None else await session.execute(delete(model).where(condition))
             removed[kind] = int(result.rowcount or 0) if result is not None else 0
         report = PurgeReport(
             removed["notes"],

@@ -59,9 +59,7 @@ class Lifecycle:
     async def start(self) -> None:
         for job, interval in self.intervals.items():
             if interval > 0:
-                self.loops.append(
-                    asyncio.create_task(self._loop(job, interval), name=f"lifecycle:{job}")
-                )
+                self.loops.append(asyncio.create_task(self._loop(job, interval), name=f"lifecycle:{job}"))
 
     async def close(self) -> None:
         tasks = [*self.loops, *([self.backup_task] if self.backup_task else [])]
@@ -89,9 +87,7 @@ class Lifecycle:
 
     async def _due(self, job: Job) -> bool:
         async with self.resources.db.session() as session:
-            last = await session.scalar(
-                select(func.max(AuditEvent.at)).where(AuditEvent.event == _LAST_RUN_EVENT[job])
-            )
+            last = await session.scalar(select(func.max(AuditEvent.at)).where(AuditEvent.event == _LAST_RUN_EVENT[job]))
         if last is None:
             return True
         return bool(utcnow() - last >= timedelta(seconds=self.intervals[job] * 0.9))
@@ -120,9 +116,7 @@ class Lifecycle:
         lock = self.lock("backup")
         if not await lock.acquire():
             return False
-        self.backup_task = asyncio.create_task(
-            self._backup_holding(lock, actor), name="lifecycle:backup"
-        )
+        self.backup_task = asyncio.create_task(self._backup_holding(lock, actor), name="lifecycle:backup")
         return True
 
     async def _backup_holding(self, lock: JobLock, actor: str) -> None:

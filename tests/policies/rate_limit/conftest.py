@@ -49,9 +49,7 @@ def tiny_app() -> Starlette:
     )
 
 
-def limited_app(
-    backend: RateLimitBackend, policy: str = "100/15minutes", **kwargs: Any
-) -> RateLimitMiddleware:
+def limited_app(backend: RateLimitBackend, policy: str = "100/15minutes", **kwargs: Any) -> RateLimitMiddleware:
     return RateLimitMiddleware(tiny_app(), backend, policy=parse_policy(policy), **kwargs)
 
 

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
-from stalwart.policies.rate_limit import Decision, MemoryBackend, account_key, parse_policy
+from stalwart.policies.errors import install_error_handlers
+from stalwart.policies.rate_limit import (
+    Decision,
+    MemoryBackend,
+    QuotaExceededError,
+    account_key,
+    login_account_limiter,
+    parse_policy,
+    quota_exceeded,
+)
+from stalwart.settings import Settings
 
 from .conftest import FakeClock, client_for
 
@@ -61,13 +76,6 @@ async def test_a_reopened_window_survives_its_old_expiry_entry(clock: FakeClock)
 
 
 async def test_a_route_refuses_with_the_same_problem_as_the_middleware(clock: FakeClock) -> None:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
-    from starlette.routing import Route
-
-    from stalwart.policies.rate_limit import quota_exceeded
-
     backend = MemoryBackend(clock=clock)
     policy = parse_policy("2/15minutes")
 
@@ -94,10 +102,6 @@ async def test_a_route_refuses_with_the_same_problem_as_the_middleware(clock: Fa
 
 
 async def test_route_refusal_when_the_store_is_down_and_fail_closed() -> None:
-    from starlette.requests import Request
-
-    from stalwart.policies.rate_limit import quota_exceeded
-
     policy = parse_policy("2/15minutes")
     request = Request({"type": "http", "method": "POST", "path": "/login", "headers": []})
     response = quota_exceeded(request, Decision(False, 2, 900.0, policy, degraded=True))
@@ -106,3 +110,31 @@ async def test_route_refusal_when_the_store_is_down_and_fail_closed() -> None:
     assert response.headers["ratelimit-policy"] == '"2-in-15min";q=2;w=900'
     assert "ratelimit" not in response.headers
     assert b"service-unavailable" in response.body
+
+
+async def test_login_account_limiter_raises_a_429_problem_across_addresses(clock: FakeClock) -> None:
+    settings = Settings(_env_file=None, env="test", rate_limit_login_account="3/15minutes")  # type: ignore[call-arg]
+    limiter = login_account_limiter(settings, MemoryBackend(clock=clock))
+    app = FastAPI()
+    install_error_handlers(app, settings)
+
+    @app.post("/login/{email}")
+    async def login(email: str, request: Request) -> dict[str, str]:
+        await limiter(email, request)
+        return {"ok": email}
+
+    statuses = []
+    for n in range(4):  # spread over addresses: the account's budget still runs out
+        async with client_for(app, f"198.51.100.{n}") as client:
+            r = await client.post("/login/Victim@Example.com" if n % 2 else "/login/victim@example.com")
+            statuses.append(r.status_code)
+    assert statuses == [200, 200, 200, 429]
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["type"] == "/problems/quota-exceeded"
+    assert r.headers["ratelimit-policy"] == '"3-in-15min";q=3;w=900'
+    assert r.headers["ratelimit"] == '"3-in-15min";r=0;t=900'
+    assert r.headers["retry-after"] == "900"
+    async with client_for(app) as client:
+        assert (await client.post("/login/other@example.com")).status_code == 200
+    error = QuotaExceededError(Decision(False, 0, 10.0, parse_policy("3/15minutes")))
+    assert error.extra == {"violated-policies": ["3-in-15min"]}

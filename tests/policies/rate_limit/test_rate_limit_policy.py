@@ -25,9 +25,7 @@ def test_parse_policy(text: str, limit: int, window: int, name: str) -> None:
     assert parse_policy(text) == Policy(limit=limit, window=window, name=name)
 
 
-@pytest.mark.parametrize(
-    "text", ["", "100", "100/", "0/minute", "10/0minutes", "10/fortnight", "a/s"]
-)
+@pytest.mark.parametrize("text", ["", "100", "100/", "0/minute", "10/0minutes", "10/fortnight", "a/s"])
 def test_parse_policy_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="rate limit"):
         parse_policy(text)

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from stalwart.policies.rate_limit import STATS, RedisBackend, parse_policy
 from stalwart.policies.rate_limit.redis import logger as rate_limit_logger
+from tests.conftest import REDIS_URL
 
 from .conftest import client_for, limited_app, new_redis
 
@@ -89,9 +90,7 @@ async def test_two_app_instances_share_one_budget(key_prefix: str, redis_client:
         await other_client.aclose()
 
 
-async def test_concurrent_burst_on_two_instances_never_exceeds_the_limit(
-    redis_client: Redis, key_prefix: str
-) -> None:
+async def test_concurrent_burst_on_two_instances_never_exceeds_the_limit(redis_client: Redis, key_prefix: str) -> None:
     other_client = new_redis()
     try:
         first = limited_app(backend_on(redis_client, key_prefix))
@@ -100,9 +99,7 @@ async def test_concurrent_burst_on_two_instances_never_exceeds_the_limit(
             responses = await asyncio.gather(*(c.get("/x") for _ in range(150) for c in (a, b)))
         assert Counter(r.status_code for r in responses) == {200: 100, 429: 200}
         remaining = sorted(
-            int(r.headers["ratelimit"].split("r=")[1].split(";")[0])
-            for r in responses
-            if r.status_code == 200
+            int(r.headers["ratelimit"].split("r=")[1].split(";")[0]) for r in responses if r.status_code == 200
         )
         assert remaining == list(range(100))
     finally:
@@ -115,9 +112,7 @@ async def test_concurrent_burst_from_many_clients(redis_client: Redis, key_prefi
     before = (STATS.hits, STATS.rejections)
     clients = [client_for(app, f"198.51.100.{n}") for n in range(30)]
     try:
-        per_client = await asyncio.gather(
-            *(asyncio.gather(*(c.get("/x") for _ in range(20))) for c in clients)
-        )
+        per_client = await asyncio.gather(*(asyncio.gather(*(c.get("/x") for _ in range(20))) for c in clients))
     finally:
         for c in clients:
             await c.aclose()
@@ -160,9 +155,7 @@ async def test_script_is_reloaded_after_noscript(redis_client: Redis, key_prefix
     assert backend.errors == 0
 
 
-async def test_large_batches_are_split_and_survive_noscript(
-    redis_client: Redis, key_prefix: str
-) -> None:
+async def test_large_batches_are_split_and_survive_noscript(redis_client: Redis, key_prefix: str) -> None:
     backend = backend_on(redis_client, key_prefix)
     policy = parse_policy("2/minute")
     first = await asyncio.gather(*(backend.hit(f"k{i}", policy) for i in range(600)))
@@ -173,6 +166,21 @@ async def test_large_batches_are_split_and_survive_noscript(
     third = await asyncio.gather(*(backend.hit(f"k{i}", policy) for i in (0, 299, 599)))
     assert [d.allowed for d in third] == [False] * 3
     assert backend.errors == 0
+
+
+async def test_a_client_that_decodes_responses_works_too(redis_client: Redis, key_prefix: str) -> None:
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        backend = backend_on(redis, key_prefix)
+        decisions = [await backend.hit("k", parse_policy("2/minute")) for _ in range(3)]
+        assert [(d.allowed, d.remaining, d.degraded) for d in decisions] == [
+            (True, 1, False),
+            (True, 0, False),
+            (False, 0, False),
+        ]
+        await redis.delete(key_prefix + "k")
+    finally:
+        await redis.aclose()
 
 
 async def test_hit_is_usable_from_a_route(redis_client: Redis, key_prefix: str) -> None:
@@ -273,9 +281,7 @@ async def test_hung_redis_costs_one_timeout_not_a_hang(caplog: pytest.LogCapture
     assert statuses == [200] * 10
     assert elapsed < 1.5  # one 0.2 s timeout, then no Redis until the retry interval
     errors = [r.getMessage() for r in caplog.records if r.name == LOGGER]
-    assert errors == [
-        "rate limit backend unreachable (TimeoutError); allowing requests until it recovers"
-    ]
+    assert errors == ["rate limit backend unreachable (TimeoutError); allowing requests until it recovers"]
 
 
 class Proxy:
@@ -369,3 +375,22 @@ async def test_backend_close_waits_for_in_flight_hits(redis_client: Redis, key_p
     await backend.aclose()
     decisions = await asyncio.gather(*tasks)
     assert sorted(d.remaining for d in decisions) == [5, 6, 7, 8, 9]
+
+
+async def test_a_nonsense_reply_fails_open_instead_of_a_500(
+    redis_client: Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    backend = backend_on(redis_client, key_prefix)
+
+    async def nonsense(commands: list[bytes]) -> list[Any]:
+        return [b"not:a:number"] * len(commands)
+
+    backend._roundtrip = nonsense  # type: ignore[method-assign]
+    async with client_for(limited_app(backend)) as client:
+        r = await client.get("/x")
+    assert r.status_code == 200
+    assert "ratelimit" not in r.headers
+    assert [m.getMessage() for m in caplog.records if m.name == LOGGER] == [
+        "rate limit backend unreachable (ValueError); allowing requests until it recovers"
+    ]

@@ -36,9 +36,7 @@ def test_defaults_are_100_per_15_minutes_per_ip_and_a_stricter_login() -> None:
     assert middleware.cls is RateLimitMiddleware
     assert isinstance(middleware.args[0], MemoryBackend)
     assert middleware.kwargs["policy"] == Policy(100, 900, "100-in-15min")
-    assert middleware.kwargs["routes"] == [
-        RouteLimit("POST", "/api/v1/auth/tokens", Policy(10, 900, "10-in-15min"))
-    ]
+    assert middleware.kwargs["routes"] == [RouteLimit("POST", "/api/v1/auth/tokens", Policy(10, 900, "10-in-15min"))]
     assert middleware.kwargs["ipv6_prefix"] == 56
     assert login_account_policy(settings) == Policy(5, 900, "5-in-15min")
 
@@ -98,17 +96,12 @@ async def test_install_policies_limits_the_app() -> None:
 
 async def test_through_the_stack_budgets_follow_the_resolved_client_address() -> None:
     app = tiny_app()
-    settings = make_settings(
-        rate_limit="2/minute", rate_limit_backend="memory", trusted_proxies="10.0.0.0/8"
-    )
+    settings = make_settings(rate_limit="2/minute", rate_limit_backend="memory", trusted_proxies="10.0.0.0/8")
     install_policies(app, settings)
 
     async def statuses(peer: str, forwarded_for: list[str]) -> list[int]:
         async with client_for(app, peer) as client:
-            return [
-                (await client.get("/x", headers={"X-Forwarded-For": ip})).status_code
-                for ip in forwarded_for
-            ]
+            return [(await client.get("/x", headers={"X-Forwarded-For": ip})).status_code for ip in forwarded_for]
 
     # From an untrusted peer a spoofed X-Forwarded-For is ignored: one budget.
     assert await statuses("203.0.113.7", ["198.51.100.1", "198.51.100.2", "198.51.100.3"]) == [

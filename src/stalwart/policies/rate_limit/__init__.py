@@ -13,6 +13,7 @@ from stalwart.policies.rate_limit.factory import (
     LOGIN_METHOD,
     LOGIN_PATH,
     backend_from_settings,
+    login_account_limiter,
     login_account_policy,
     rate_limit_middleware,
     route_limits_from_settings,
@@ -27,7 +28,7 @@ from stalwart.policies.rate_limit.middleware import (
 )
 from stalwart.policies.rate_limit.policy import Decision, Policy, parse_policy
 from stalwart.policies.rate_limit.redis import RedisBackend
-from stalwart.policies.rate_limit.responses import quota_exceeded
+from stalwart.policies.rate_limit.responses import QuotaExceededError, account_limiter, quota_exceeded
 
 __all__ = [
     "DEFAULT_EXEMPT_PATHS",
@@ -38,14 +39,17 @@ __all__ = [
     "MemoryBackend",
     "Policy",
     "PolicyHeaders",
+    "QuotaExceededError",
     "RateLimitBackend",
     "RateLimitMiddleware",
     "RateLimitStats",
     "RedisBackend",
     "RouteLimit",
     "account_key",
+    "account_limiter",
     "backend_from_settings",
     "client_key",
+    "login_account_limiter",
     "login_account_policy",
     "parse_policy",
     "quota_exceeded",

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from starlette.middleware import Middleware
+from starlette.requests import Request
 
 from stalwart.policies.rate_limit.backend import RateLimitBackend
 from stalwart.policies.rate_limit.memory import MemoryBackend
 from stalwart.policies.rate_limit.middleware import RateLimitMiddleware, RouteLimit
 from stalwart.policies.rate_limit.policy import Policy, parse_policy
 from stalwart.policies.rate_limit.redis import RedisBackend
+from stalwart.policies.rate_limit.responses import account_limiter
 from stalwart.settings import Settings
 
 __all__ = [
     "LOGIN_METHOD",
     "LOGIN_PATH",
     "backend_from_settings",
+    "login_account_limiter",
     "login_account_policy",
     "rate_limit_middleware",
     "route_limits_from_settings",
@@ -61,6 +65,11 @@ def route_limits_from_settings(settings: Settings) -> list[RouteLimit]:
 def login_account_policy(settings: Settings) -> Policy:
     """The per-account login budget, applied by the login handler with `backend.hit`."""
     return parse_policy(settings.rate_limit_login_account)
+
+
+def login_account_limiter(settings: Settings, backend: RateLimitBackend) -> Callable[[str, Request], Awaitable[None]]:
+    """The per-account login budget as `Resources.login_limiter` takes it (raises 429)."""
+    return account_limiter(backend, login_account_policy(settings), "login")
 
 
 def rate_limit_middleware(settings: Settings, resources: Any = None) -> Middleware:

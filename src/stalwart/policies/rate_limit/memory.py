@@ -34,9 +34,7 @@ class _Window:
 
 
 class MemoryBackend:
-    def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 200_000
-    ) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 200_000) -> None:
         self.clock = clock
         self.max_keys = max_keys
         self.hits = 0

@@ -54,6 +54,15 @@ class _Rule:
 
 
 class RateLimitMiddleware:
+    """Count every HTTP request but `exempt_paths` against its client's budget.
+
+    `policy` applies to every path without a matching entry in `routes`. Client addresses
+    come from scope["client"] (already resolved by the trusted-proxies middleware); IPv6
+    clients share the budget of their `/ipv6_prefix` network. Allowed responses get the
+    RateLimit-Policy and RateLimit fields; a spent budget gets a 429 problem with
+    Retry-After; a store that is down and fail-closed gets a 503 problem.
+    """
+
     def __init__(
         self,
         app: ASGIApp,
@@ -90,9 +99,8 @@ class RateLimitMiddleware:
                 self._exact.setdefault((method, path), rule)
         self._has_routes = bool(self._exact or self._prefixes or self._templates)
         self._unavailable_headers = [(b"retry-after", b"%d" % retry_after_unavailable)]
-        hit_nowait = getattr(self.backend, "hit_nowait", None)
         # The memory backend never awaits: skipping the coroutine is measurable per request.
-        self._hit_nowait = hit_nowait if isinstance(self.backend, MemoryBackend) else None
+        self._hit_nowait = self.backend.hit_nowait if isinstance(self.backend, MemoryBackend) else None
 
     @property
     def rejections(self) -> int:

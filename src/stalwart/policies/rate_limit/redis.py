@@ -35,7 +35,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from stalwart.policies.rate_limit.backend import STATS
 from stalwart.policies.rate_limit.policy import Decision, Policy
@@ -84,7 +84,6 @@ HIT_SCRIPT_SHA = hashlib.sha1(HIT_SCRIPT.encode(), usedforsecurity=False).hexdig
 MAX_KEYS_PER_CALL = 256
 
 _Entry = tuple[str, Policy, list["asyncio.Future[Decision]"]]
-_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -126,6 +125,12 @@ class RedisBackend:
             return self._degraded(policy)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Decision] = loop.create_future()
+        flusher = self._flusher
+        if flusher is not None and flusher.get_loop() is not loop:
+            # The previous event loop died mid-flush (tests, or a restarted loop): its
+            # waiters are gone with it.
+            self._flusher = flusher = None
+            self._pending = {}
         pending = self._pending
         slot: object = key
         entry = pending.get(slot)
@@ -137,7 +142,7 @@ class RedisBackend:
             pending[slot] = (key, policy, [future])
         else:
             entry[2].append(future)
-        if self._flusher is None:
+        if flusher is None:
             self._flusher = loop.create_task(self._flush())
         return await future
 
@@ -162,7 +167,8 @@ class RedisBackend:
         try:
             async with asyncio.timeout(self.timeout):
                 replies = await self._evaluate(batch)
-        except _FAILURES as exc:
+        except Exception as exc:
+            # Unreachable, slow, or answering nonsense: decide without it, never a 500.
             self._failed(exc, batch)
             return
         if self.down:
@@ -196,10 +202,7 @@ class RedisBackend:
 
     def _pack(self, batch: list[_Entry]) -> bytes:
         prefix = self.prefix
-        parts = [
-            b"*%d\r\n$7\r\nEVALSHA\r\n%s%s"
-            % (len(batch) + 5, _bulk(self._sha), _bulk(b"%d" % len(batch)))
-        ]
+        parts = [b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (len(batch) + 5, _bulk(self._sha), _bulk(b"%d" % len(batch)))]
         parts += [_bulk((prefix + key).encode()) for key, _, _ in batch]
         parts.append(_bulk(b"%d" % self.clock_offset_ms))
         parts.append(_bulk(b",".join([self._spec(p) + b"%d" % len(w) for _, p, w in batch])))
@@ -229,9 +232,13 @@ class RedisBackend:
             raise NoScriptError("the rate limit script vanished twice in a row")
         results: list[tuple[int, int]] = []
         for reply in replies:
+            if isinstance(reply, str):  # a client made with decode_responses=True
+                reply = reply.encode()
             for item in reply.split(b","):
                 before, _, reset_ms = item.partition(b":")
                 results.append((int(before), int(reset_ms)))
+        if len(results) != len(batch):
+            raise ResponseError(f"rate limit script answered {len(results)} of {len(batch)} keys")
         return results
 
     async def _roundtrip(self, commands: list[bytes]) -> list[Any]:

@@ -37,9 +37,10 @@
     return s + "s";
   }
 
-  function clock(t) {
+  function clock(t, withSeconds) {
     var d = new Date(t * 1000);
-    return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+    var text = String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+    return withSeconds ? text + ":" + String(d.getSeconds()).padStart(2, "0") : text;
   }
 
   /* A line chart: series = [{points: [[t, v], ...], color}], nulls leave gaps. */
@@ -87,10 +88,11 @@
       ctx.beginPath(); ctx.moveTo(left, yy); ctx.lineTo(left + w, yy); ctx.stroke();
       ctx.fillText(fmt(v, vMax < 10 ? 2 : 0), left - 6, yy + 4);
     }
-    ctx.textAlign = "center";
+    var withSeconds = tMax - tMin < 600;
     for (var j = 0; j <= 4; j++) {
       var t = tMin + ((tMax - tMin) * j) / 4;
-      ctx.fillText(clock(t), x(t), top + h + 16);
+      ctx.textAlign = j === 0 ? "left" : j === 4 ? "right" : "center";
+      ctx.fillText(clock(t, withSeconds), x(t), top + h + 16);
     }
 
     series.forEach(function (s) {

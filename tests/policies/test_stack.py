@@ -1,0 +1,88 @@
+"""The one call: the policy stack's content and order, and its production configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from stalwart.policies.body_limit import BodyLimitMiddleware
+from stalwart.policies.compression import CompressionMiddleware
+from stalwart.policies.cors import StrictCORSMiddleware
+from stalwart.policies.errors import ErrorMiddleware
+from stalwart.policies.headers import SecurityHeadersMiddleware
+from stalwart.policies.https import HTTPSRedirectMiddleware
+from stalwart.policies.proxies import ProxyHeadersMiddleware
+from stalwart.policies.rate_limit import RateLimitMiddleware
+from stalwart.policies.request_log import RequestLogMiddleware
+from stalwart.policies.shutdown import ShutdownMiddleware
+from stalwart.policies.stack import install_policies, policy_middleware
+from stalwart.settings import Settings
+from tests.conftest import make_settings
+
+PRODUCTION = {
+    "env": "production",
+    "secret_key": "s" * 48,
+    "cors_origins": "https://app.example.com",
+    "database_url": "postgresql+asyncpg://app@db.internal/app",
+}
+
+
+def _classes(settings: Settings) -> list[type]:
+    return [m.cls for m in policy_middleware(settings)]  # type: ignore[misc]
+
+
+def test_development_stack_order(tmp_path: Path) -> None:
+    classes = _classes(make_settings(tmp_path, env="development", metrics_enabled=False))
+    assert classes == [
+        ProxyHeadersMiddleware,
+        RequestLogMiddleware,
+        SecurityHeadersMiddleware,
+        ErrorMiddleware,
+        ShutdownMiddleware,
+        StrictCORSMiddleware,
+        RateLimitMiddleware,
+        BodyLimitMiddleware,
+        CompressionMiddleware,
+    ]
+
+
+def test_production_stack_adds_https_and_hardens_options() -> None:
+    settings = Settings(_env_file=None, **PRODUCTION)  # type: ignore[arg-type]
+    stack = policy_middleware(settings)
+    classes = [m.cls for m in stack]
+    assert HTTPSRedirectMiddleware in classes
+    assert classes.index(HTTPSRedirectMiddleware) > classes.index(SecurityHeadersMiddleware)
+    options = {m.cls: m.kwargs for m in stack}
+    assert options[ErrorMiddleware] == {"debug": False}
+    assert options[RequestLogMiddleware]["anonymize"] is True
+    assert settings.effective_anonymize_ip is True
+
+
+@pytest.mark.anyio
+async def test_install_policies_on_any_app(tmp_path: Path) -> None:
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    install_policies(app, make_settings(tmp_path))
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 1234))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.get("/hello")
+        missing = await c.get("/missing")
+    assert r.status_code == 200
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert r.headers["ratelimit-policy"]
+    assert r.headers["x-request-id"]
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
