@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: run test install install-dev lint typecheck lock bench clean
+.PHONY: run test install install-dev lint typecheck lock update audit-deps bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,16 @@ typecheck: install-dev
 lock:
 	uv pip compile pyproject.toml -o requirements/base.lock --python-version 3.11
 	uv pip compile pyproject.toml --extra dev -o requirements/dev.lock --python-version 3.11
+
+# Dependency maintenance (docs/maintenance.md): newest allowed versions, then the full suite.
+update:
+	uv pip compile --upgrade pyproject.toml -o requirements/base.lock --python-version 3.11
+	uv pip compile --upgrade pyproject.toml --extra dev -o requirements/dev.lock --python-version 3.11
+	$(MAKE) test
+
+# Known vulnerabilities in the pinned runtime dependencies (needs access to pypi.org).
+audit-deps: install-dev
+	$(BIN)/pip-audit -r requirements/base.lock --no-deps --disable-pip --vulnerability-service pypi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -48,34 +48,71 @@ async def populate(settings: Settings, notes: int, per_account: int = 100) -> No
         async with db.engine.begin() as conn:
             accounts = notes // per_account
             account_ids = [str(uuid.uuid4()) for _ in range(accounts)]
-            await conn.execute(insert(Account), [
-                {"id": a, "email": f"user{i}@example.com", "password_hash": "$argon2id$" + "x" * 80,
-                 "display_name": f"User {i}", "role": "user", "created_at": now, "updated_at": now,
-                 "last_login_at": now}
-                for i, a in enumerate(account_ids)
-            ])
-            await conn.execute(insert(Token), [
-                {"id": str(uuid.uuid4()), "account_id": a, "token_hash": uuid.uuid4().hex * 2,
-                 "created_at": now, "expires_at": now + timedelta(days=30), "revoked_at": None}
-                for a in account_ids
-            ])
-            await conn.execute(insert(AuditEvent), [
-                {"id": str(uuid.uuid4()), "at": now, "event": event, "subject": a, "actor": a,
-                 "ip": "203.0.113.0", "details": {}}
-                for a in account_ids for event in ("account.registered", "auth.login", "token.created")
-            ])
+            await conn.execute(
+                insert(Account),
+                [
+                    {
+                        "id": a,
+                        "email": f"user{i}@example.com",
+                        "password_hash": "$argon2id$" + "x" * 80,
+                        "display_name": f"User {i}",
+                        "role": "user",
+                        "created_at": now,
+                        "updated_at": now,
+                        "last_login_at": now,
+                    }
+                    for i, a in enumerate(account_ids)
+                ],
+            )
+            await conn.execute(
+                insert(Token),
+                [
+                    {
+                        "id": str(uuid.uuid4()),
+                        "account_id": a,
+                        "token_hash": uuid.uuid4().hex * 2,
+                        "created_at": now,
+                        "expires_at": now + timedelta(days=30),
+                        "revoked_at": None,
+                    }
+                    for a in account_ids
+                ],
+            )
+            await conn.execute(
+                insert(AuditEvent),
+                [
+                    {
+                        "id": str(uuid.uuid4()),
+                        "at": now,
+                        "event": event,
+                        "subject": a,
+                        "actor": a,
+                        "ip": "203.0.113.0",
+                        "details": {},
+                    }
+                    for a in account_ids
+                    for event in ("account.registered", "auth.login", "token.created")
+                ],
+            )
             batch_notes: list[dict[str, object]] = []
             batch_tags: list[dict[str, object]] = []
             for n in range(notes):
                 note_id = str(uuid.uuid4())
                 owner = account_ids[n % accounts]
-                batch_notes.append({
-                    "id": note_id, "account_id": owner, "title": f"Note {n}", "body": BODY,
-                    "tags": ["work", f"t{n % 50}"], "created_at": now, "updated_at": now,
-                    "version": 1, "deleted_at": None,
-                })
-                batch_tags += [{"note_id": note_id, "tag": t, "account_id": owner}
-                               for t in ("work", f"t{n % 50}")]
+                batch_notes.append(
+                    {
+                        "id": note_id,
+                        "account_id": owner,
+                        "title": f"Note {n}",
+                        "body": BODY,
+                        "tags": ["work", f"t{n % 50}"],
+                        "created_at": now,
+                        "updated_at": now,
+                        "version": 1,
+                        "deleted_at": None,
+                    }
+                )
+                batch_tags += [{"note_id": note_id, "tag": t, "account_id": owner} for t in ("work", f"t{n % 50}")]
                 if len(batch_notes) == 5000:
                     await conn.execute(insert(Note), batch_notes)
                     await conn.execute(insert(NoteTag), batch_tags)
@@ -111,7 +148,10 @@ def run(backend: str, notes: int, encrypted: bool) -> dict[str, float | int | st
         name = f"stalwart_bench_{uuid.uuid4().hex[:8]}"
         url = "" if backend == "sqlite" else f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
         settings = Settings(  # type: ignore[call-arg]
-            _env_file=None, env="test", data_dir=Path(tmp), database_url=url,
+            _env_file=None,
+            env="test",
+            data_dir=Path(tmp),
+            database_url=url,
             backup_encryption_key="bench-key-0123456789abcdef0123456789" if encrypted else None,
         )
         if backend == "postgres":
@@ -163,9 +203,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for backend in backends:
         r = run(backend, args.notes, args.encrypted)
-        print(f"| {r['backend']} | {r['notes']:,} | {r['rows']:,} | {r['data_mb']:.1f} | "
-              f"{r['archive_mb']:.1f} | {r['backup_s']:.1f} | {r['verify_s']:.1f} | "
-              f"{r['restore_s']:.1f} |", flush=True)
+        print(
+            f"| {r['backend']} | {r['notes']:,} | {r['rows']:,} | {r['data_mb']:.1f} | "
+            f"{r['archive_mb']:.1f} | {r['backup_s']:.1f} | {r['verify_s']:.1f} | "
+            f"{r['restore_s']:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ VARIANTS = ("bare", "memory", "redis")
 class FullServer:
     """The full service: `python -m stalwart.server --app benchmarks.scale_apps:full_app`."""
 
-    def __init__(self, env: Mapping[str, str], workers: int) -> None:
+    def __init__(self, env: Mapping[str, str], workers: int, log: Path) -> None:
+        self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
@@ -63,12 +64,15 @@ class FullServer:
     def __enter__(self) -> FullServer:
         cmd = [sys.executable, "-m", "stalwart.server", "--app", "benchmarks.scale_apps:full_app",
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
-        # The access log (one JSON line per request) is written, as in production, and dropped.
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=subprocess.DEVNULL)
+        # The access log (one JSON line per request, stdout) is written, as in production, and
+        # dropped; the server's own log (stderr) is kept for a failed start.
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                         stderr=log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("full server exited at start-up")
+                raise RuntimeError(f"full server exited at start-up:\n{self.log.read_text()}")
             try:
                 if httpx.get(self.url + "/health/live", timeout=1).status_code == 200:
                     return self
@@ -172,7 +176,8 @@ def main() -> None:
         with databases(work) as urls:
             tokens = {}
             for db, url in urls.items():
-                with FullServer(_full_env(url, work / f"seed-{db}", "memory", prefix), 1) as seeder:
+                env = _full_env(url, work / f"seed-{db}", "memory", prefix)
+                with FullServer(env, 1, work / f"seed-{db}.log") as seeder:
                     tokens[db] = _seed(seeder.url)
             for workers in worker_counts:
                 with ExitStack() as stack:
@@ -183,9 +188,11 @@ def main() -> None:
                                    workers=workers)
                         )
                         for variant in ("memory", "redis"):
-                            env = _full_env(url, work / f"{db}-{variant}-{workers}", variant,
-                                            prefix)
-                            servers[(db, variant)] = stack.enter_context(FullServer(env, workers))
+                            name = f"{db}-{variant}-{workers}"
+                            env = _full_env(url, work / name, variant, prefix)
+                            servers[(db, variant)] = stack.enter_context(
+                                FullServer(env, workers, work / f"{name}.log")
+                            )
                     # (route, database): the static routes do not touch the database, so
                     # they run on the PostgreSQL servers only.
                     plan = [("/health/live", "postgres"), ("/bench/static", "postgres"),

@@ -214,7 +214,7 @@ async def test_redis_down_fails_open_with_one_logged_error(
     assert records == [
         (
             "ERROR",
-            "rate limit backend unreachable (ConnectionError); allowing requests until it recovers",
+            "rate limit backend unavailable (ConnectionError); allowing requests until it recovers",
         )
     ]
     assert backend.errors == 20
@@ -281,7 +281,7 @@ async def test_hung_redis_costs_one_timeout_not_a_hang(caplog: pytest.LogCapture
     assert statuses == [200] * 10
     assert elapsed < 1.5  # one 0.2 s timeout, then no Redis until the retry interval
     errors = [r.getMessage() for r in caplog.records if r.name == LOGGER]
-    assert errors == ["rate limit backend unreachable (TimeoutError); allowing requests until it recovers"]
+    assert errors == ["rate limit backend unavailable (TimeoutError); allowing requests until it recovers"]
 
 
 class Proxy:
@@ -360,7 +360,7 @@ async def test_recovers_when_redis_returns(
     assert messages == [
         (
             "ERROR",
-            "rate limit backend unreachable (ConnectionError); allowing requests until it recovers",
+            "rate limit backend unavailable (ConnectionError); allowing requests until it recovers",
         ),
         ("INFO", "rate limit backend recovered; counting in Redis again"),
     ]
@@ -392,5 +392,5 @@ async def test_a_nonsense_reply_fails_open_instead_of_a_500(
     assert r.status_code == 200
     assert "ratelimit" not in r.headers
     assert [m.getMessage() for m in caplog.records if m.name == LOGGER] == [
-        "rate limit backend unreachable (ValueError); allowing requests until it recovers"
+        "rate limit backend unavailable (ValueError); allowing requests until it recovers"
     ]

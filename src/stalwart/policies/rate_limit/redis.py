@@ -276,7 +276,7 @@ class RedisBackend:
         if not self.down:
             self.down = True
             logger.error(
-                "rate limit backend unreachable (%s); %s requests until it recovers",
+                "rate limit backend unavailable (%s); %s requests until it recovers",
                 type(exc).__name__,
                 "allowing" if self.fail_open else "refusing",
             )
