@@ -103,13 +103,12 @@ def middleware_alone(runs: int, requests: int) -> dict[str, list[float]]:
     from stalwart.policies.metrics import MetricsMiddleware
     from stalwart.policies.request_log import ACCESS_LOG, RequestLogMiddleware
 
-    start = {"type": "http.response.start", "status": 200,
-             "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]}
-    end = {"type": "http.response.body", "body": b"ok"}
+    headers = ((b"content-type", b"text/plain"), (b"content-length", b"2"))
 
     async def bare(scope: Any, receive: Any, send: Any) -> None:
-        await send(start)
-        await send(end)
+        # Fresh messages, as an app sends them: middleware may add headers to them.
+        await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
+        await send({"type": "http.response.body", "body": b"ok"})
 
     apps: dict[str, Any] = {
         "metrics + access log": RequestLogMiddleware(

@@ -11,6 +11,8 @@ import inspect
 import logging
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -105,8 +107,17 @@ def test_uvicorn_is_configured_for_production(tmp_path: Path) -> None:
     assert config.access_log is False
     assert config.lifespan == "on"
     assert config.timeout_graceful_shutdown == 12.5
+    assert config.timeout_worker_healthcheck == 30
     assert (config.ssl_certfile, config.ssl_keyfile) == ("c.pem", "k.pem")
     assert config.log_config == uvicorn_log_config(settings)
+
+
+def test_workers_import_a_light_module() -> None:
+    # A spawned worker must import stalwart.server before it can answer the supervisor's
+    # health check: it must not drag pydantic settings in with it.
+    code = "import sys, stalwart.server; print('stalwart.settings' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_mark_resources_finds_state_through_wrappers() -> None:

@@ -14,6 +14,8 @@ from stalwart.credentials import Passwords
 from stalwart.data.cache import CachedReads, MemoryCache, NoteCache, RedisCache
 from stalwart.data.engine import Database
 from stalwart.monitoring.service import Monitoring
+from stalwart.policies.rate_limit import RateLimitBackend
+from stalwart.policies.rate_limit.factory import backend_from_settings, login_account_limiter
 from stalwart.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,6 +34,8 @@ class Resources:
     # Set by the graceful-shutdown server when a signal arrives: readiness turns 503 at once.
     shutting_down: bool = False
     login_limiter: Callable[[str, Request], Awaitable[None]] | None = None
+    # One limiter backend shared by the middleware and the per-account login budget.
+    rate_limiter: RateLimitBackend | None = None
     # Data lifecycle (stalwart.ops.scheduler): scheduled purge and backups, admin backups.
     lifecycle: Lifecycle | None = None
     # Health checks, request metrics, alerts and their background tasks (stalwart.monitoring).
@@ -48,9 +52,11 @@ class Resources:
                 socket_connect_timeout=settings.redis_timeout,
                 health_check_interval=30,
             )
+        rate_limiter = backend_from_settings(settings, redis)
         return cls(
             settings=settings, db=Database(settings), redis=redis, passwords=Passwords(settings),
-            monitoring=Monitoring(settings),
+            monitoring=Monitoring(settings), rate_limiter=rate_limiter,
+            login_limiter=login_account_limiter(settings, rate_limiter),
         )
 
     async def check_login_budget(self, email: str, request: Request) -> None:

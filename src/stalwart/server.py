@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn.supervisors.multiprocess as uvicorn_multiprocess
 from uvicorn import Config, Server
@@ -52,7 +52,11 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from stalwart.policies.shutdown import drain_state, is_draining
-from stalwart.settings import Settings
+
+if TYPE_CHECKING:
+    # Not imported at run time: each worker imports this module before it can answer the
+    # supervisor's first health check, so it stays light.
+    from stalwart.settings import Settings
 
 __all__ = [
     "APP_FACTORY",
@@ -73,6 +77,11 @@ FORCED_EXIT_CODE = 1
 # shutdown (pool and Redis close) before it kills it.
 _SUPERVISOR_GRACE_SECONDS = 10.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How long the supervisor waits for a worker to answer its health check. A spawned worker
+# answers only after importing this module and configuring logging; on a loaded 2-core
+# machine that took over uvicorn's default 5 s, and the supervisor then killed and
+# respawned workers in a loop. A hung worker is still replaced, after this long.
+_WORKER_HEALTHCHECK_SECONDS = 30
 
 logger = logging.getLogger("stalwart.server")
 
@@ -343,6 +352,7 @@ def build_config(
         log_config=_log_config(settings),
         # asyncio.wait_for takes any number of seconds; uvicorn only annotates it as int.
         timeout_graceful_shutdown=cast("int", settings.shutdown_timeout_seconds),
+        timeout_worker_healthcheck=_WORKER_HEALTHCHECK_SECONDS,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
     )
@@ -413,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ssl-certfile")
     parser.add_argument("--ssl-keyfile")
     args = parser.parse_args(argv)
+    from stalwart.settings import Settings
+
     return run_server(
         Settings(),
         host=args.host,

@@ -46,12 +46,16 @@ def _documents(path: Path) -> list[dict[str, Any]]:
 
 
 def _manifests() -> dict[str, dict[str, Any]]:
-    """kind -> the manifest (one of each kind in deploy/k8s)."""
+    """kind -> the manifest; "kind/name" for the kinds that come more than once."""
+    docs = [doc for path in sorted(K8S.glob("*.yaml")) for doc in _documents(path)]
+    kinds = [doc["kind"] for doc in docs]
     found: dict[str, dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        for doc in _documents(path):
-            assert doc["kind"] not in found, f"two {doc['kind']} manifests"
-            found[doc["kind"]] = doc
+    for doc in docs:
+        key = doc["kind"]
+        if kinds.count(key) > 1:
+            key = f"{key}/{doc['metadata']['name']}"
+        assert key not in found, f"two {key} manifests"
+        found[key] = doc
     return found
 
 
@@ -143,6 +147,9 @@ def test_nginx_conf_load_balancing_rules() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     drain = float(compose["x-stalwart"]["environment"]["STALWART_SHUTDOWN_DRAIN_SECONDS"])
     assert drain > upstream_idle
+    env = compose["x-stalwart"]["environment"]
+    per_instance = 2 * int(env["STALWART_DB_POOL_SIZE"]) + int(env["STALWART_DB_MAX_OVERFLOW"])
+    assert 3 * per_instance <= 90
     # The read timeout outlasts the pool timeout: the instance answers 503 first.
     (read_timeout,) = [d for d in directives if d.startswith("proxy_read_timeout")]
     assert _seconds(read_timeout.split()[1].rstrip(";")) > Settings.model_fields[
@@ -229,6 +236,11 @@ def test_compose_runs_three_replicas_behind_nginx() -> None:
         assert app["read_only"] is True
         assert app["cap_drop"] == ["ALL"]
         assert app["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        # Own data_dir; backups and the erasure ledger shared by every instance.
+        assert app["volumes"][1:] == [
+            "backups:/var/lib/stalwart/backups", "erasures:/var/lib/stalwart/erasures",
+        ]
+        assert app["volumes"][0].endswith("-data:/var/lib/stalwart")
         env = app["environment"]
         assert env["STALWART_ENV"] == "production"
         assert not [name for name in env if SECRET_WORDS.search(name)], env
@@ -257,9 +269,12 @@ def test_k8s_manifests_match_the_kubernetes_schemas(version: str) -> None:
     assert set(manifests) >= {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
         "ConfigMap", "Job", "Ingress", "NetworkPolicy", "Namespace", "Kustomization",
+        "PersistentVolumeClaim/stalwart-backups", "PersistentVolumeClaim/stalwart-erasures",
     }
-    for kind, doc in manifests.items():
-        if kind == "Kustomization":  # not an API object: kubectl reads it (next test)
+    listed = set(manifests["Kustomization"]["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    for doc in manifests.values():
+        if doc["kind"] == "Kustomization":  # not an API object: kubectl reads it (next test)
             continue
         assert doc["metadata"]["name"]
         kubernetes_validate.validate(doc, version, strict=True)
@@ -283,6 +298,7 @@ def test_k8s_kustomization_builds(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     kinds = {d["kind"]: d for d in docs}
+    assert len(docs) == len(_manifests()) - 1 + 1  # every file but kustomization, + the Secret
     secret_name = kinds["Secret"]["metadata"]["name"]
     assert secret_name.startswith("stalwart-secrets-")  # content hash: a change rolls the pods
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
@@ -335,9 +351,16 @@ def test_k8s_deployment_probes_drain_resources_and_security() -> None:
         assert spec["securityContext"]["runAsUser"] != 0
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         assert spec["automountServiceAccountToken"] is False
-    # The read-only root needs writable mounts for data_dir and /tmp.
-    mounts = {v["mountPath"] for v in container["volumeMounts"]}
-    assert {"/var/lib/stalwart", "/tmp"} <= mounts
+    # The read-only root needs writable mounts for data_dir and /tmp; the backups and the
+    # erasure ledger (under data_dir by default) are on volumes every pod shares.
+    mounts = {v["mountPath"]: v["name"] for v in container["volumeMounts"]}
+    assert {"/var/lib/stalwart", "/tmp"} <= set(mounts)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in ("/var/lib/stalwart/backups", "/var/lib/stalwart/erasures"):
+        claim = volumes[mounts[path]]["persistentVolumeClaim"]["claimName"]
+        assert m[f"PersistentVolumeClaim/{claim}"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "STALWART_BACKUP_DIR" not in config
+    assert "STALWART_ERASURE_LEDGER_PATH" not in config
 
     env_from = container["envFrom"]
     assert {"configMapRef": {"name": m["ConfigMap"]["metadata"]["name"]}} in env_from
@@ -350,9 +373,11 @@ def test_k8s_deployment_probes_drain_resources_and_security() -> None:
     }
     assert hpa["minReplicas"] >= 2
     assert hpa["maxReplicas"] > hpa["minReplicas"]
-    # Every pod's pool at its fullest stays under PostgreSQL's default max_connections (100),
-    # with 10 left for migrations, backups and administrators.
-    per_pod = int(config["STALWART_DB_POOL_SIZE"]) + int(config["STALWART_DB_MAX_OVERFLOW"])
+    # Every pod's pools at their fullest (write pool: size + overflow; PostgreSQL read pool:
+    # size) stay under PostgreSQL's default max_connections (100), with 10 left for
+    # migrations, backups and administrators.
+    per_pod = 2 * int(config["STALWART_DB_POOL_SIZE"]) + int(config["STALWART_DB_MAX_OVERFLOW"])
+    assert "--workers" not in container["args"]
     assert hpa["maxReplicas"] * per_pod <= 90
     pdb = m["PodDisruptionBudget"]["spec"]
     assert pdb["selector"]["matchLabels"].items() <= labels.items()

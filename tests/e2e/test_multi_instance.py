@@ -291,6 +291,7 @@ def test_rate_limit_is_one_budget_across_instances(cluster: Cluster) -> None:
     assert set(upstreams) == set(cluster.addresses), upstreams
     assert all(count >= 20 for count in upstreams.values()), upstreams
     assert served["budget-100"] in cluster.addresses
+    print(f"rate limit: 100 x 200 served {sorted(upstreams.values())} by the 3 instances; 101st: 429")
 
     # Every instance, asked directly for the same client, finds the budget spent.
     for server in cluster.instances:
@@ -398,6 +399,10 @@ def test_rolling_restart_loses_no_request(cluster: Cluster) -> None:
     titles = asyncio.run(_note_titles(cluster.db, "roll-"))
     assert sorted(titles) == sorted(load.created)
 
+    print(
+        f"rolling restart: {len(load.outcomes)} requests ({methods['POST']} writes), 0 failed; "
+        f"back in rotation after {sorted(round(s, 1) for s in back_in.values())} s"
+    )
     # Each restarted instance took traffic again, within nginx's fail_timeout (5 s) or so.
     assert set(back_in) == set(cluster.addresses)
     assert all(seconds < 8 for seconds in back_in.values()), back_in
@@ -432,6 +437,10 @@ def test_crashed_instance_is_taken_out_with_no_failed_request(cluster: Cluster) 
         assert retried in cluster.addresses
     live = Counter(served[rid] for _, rid, _, _ in after if address not in served[rid])
     assert set(live) == set(cluster.addresses) - {address}
+    print(
+        f"crash: {len(load.outcomes)} requests, {len(after)} after SIGKILL, 0 failed; "
+        f"{len(tried_victim)} tried the dead instance and were retried on a live one"
+    )
     errors = cluster.nginx.error_log()
     assert "upstream server temporarily disabled" in errors
     assert f"upstream: \"http://{address}/api/v1/notes" in errors

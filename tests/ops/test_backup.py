@@ -62,6 +62,9 @@ async def test_backup_during_writes_then_disaster_then_restore(ops_settings: Set
     started = time.monotonic()
     result = await create_backup(settings)
     finished = time.monotonic()
+    done_at = len(commits)
+    while len(commits) < done_at + 3:  # a few more writes after the backup, for the count below
+        await asyncio.sleep(0.01)
     stop.set()
     await writer
     assert any(started < t < finished for t in commits), "no write landed during the backup"

@@ -4,10 +4,13 @@ database snapshots, and the payload lists."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
+import anyio
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -21,10 +24,13 @@ from tests.conftest import Account as TestAccount
 __all__ = [
     "INJECTION_PAYLOADS",
     "PEER",
+    "RawResponse",
+    "audit_events",
     "client_at",
     "db_snapshot",
     "make_admin",
     "problem_sans_ids",
+    "raw_request",
     "running_app",
     "sha256",
 ]
@@ -124,3 +130,63 @@ def problem_sans_ids(response: httpx.Response) -> dict[str, Any]:
     body.pop("request_id", None)
     body.pop("instance", None)
     return body
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+async def raw_request(
+    app: Any,
+    method: str,
+    target: str,
+    *,
+    client: tuple[str, int] = (PEER, 40000),
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> RawResponse:
+    """One request with the request target exactly as given, the way uvicorn passes it on:
+    `path` percent-decoded but not normalized (no dot-segment or slash clean-up), unlike
+    HTTP clients, which tidy URLs before sending them."""
+    raw_path, _, query = target.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())]
+        + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "client": client,
+        "server": ("testserver", 80),
+    }
+    done = anyio.Event()
+    sent = False
+    response = RawResponse(status=0)
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            response.status = message["status"]
+            response.headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
+        elif message["type"] == "http.response.body":
+            response.body += message.get("body", b"")
+            if not message.get("more_body", False):
+                done.set()
+
+    await app(scope, receive, send)
+    return response

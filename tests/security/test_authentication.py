@@ -189,7 +189,8 @@ async def test_wrong_password_and_unknown_email_cost_one_argon2_verify_each(
     assert len(calls) == 2
     assert calls[1] == passwords.dummy_hash
     assert calls[0] != passwords.dummy_hash
-    assert calls[0].startswith("$argon2id$") and calls[1].startswith("$argon2id$")
+    assert calls[0].startswith("$argon2id$")
+    assert calls[1].startswith("$argon2id$")
     assert await audit_events(app, "auth.login_failed") == 2
 
 

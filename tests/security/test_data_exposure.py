@@ -160,7 +160,7 @@ class Checker:
             matching = [o for o in options if isinstance(value, kinds.get(o.get("type", ""), ()))]
             schema = matching[0] if matching else None
         if isinstance(value, dict):
-            for key, item in value.items():
+            for key in value:
                 assert key.lower() not in FORBIDDEN_KEYS, f"{where}: field {key!r}"
             properties = schema.get("properties") if schema else None
             if properties is not None:
@@ -216,7 +216,8 @@ async def test_no_response_exposes_hashes_secrets_or_undocumented_fields(
     async with app.state.resources.db.session() as session:
         hashes = set((await session.scalars(select(Token.token_hash))).all())
         password_hashes = set((await session.scalars(select(AccountRow.password_hash))).all())
-    assert len(hashes) == 3 and len(password_hashes) == 2
+    assert len(hashes) == 3
+    assert len(password_hashes) == 2
     # The tokens themselves: each may travel in a request header, never in a response.
     secrets = hashes | password_hashes | {alice.password, bob.password, alice.token, bob.token, spare}
     checker = Checker(spec, secrets)
@@ -267,7 +268,8 @@ async def test_no_response_exposes_hashes_secrets_or_undocumented_fields(
 
     # The export holds the account's tokens by id and dates only.
     export = next(r for r in responses if r.request.url.path == "/api/v1/me/export").json()
-    assert export["tokens"] and all(
+    assert export["tokens"]
+    assert all(
         set(t) == {"created_at", "expires_at", "id", "revoked_at"} for t in export["tokens"]
     )
     # A new account gets the same treatment.

@@ -174,6 +174,12 @@ def _apply_sqlite(target: Path, data: Path) -> None:
         src.close()
 
 
+def _remember(settings: Settings, path: Path, ok: bool, detail: str) -> None:
+    # Only for archives in the backup folder (the API lists them); a copy elsewhere is left alone.
+    if path.resolve().parent == settings.effective_backup_dir.resolve():
+        record_verification(path, ok, detail)
+
+
 def verify_archive(settings: Settings, path: Path) -> VerifyReport:
     """Checksum, decryptability, and a restore into a scratch database matching the manifest."""
     try:
@@ -185,9 +191,9 @@ def verify_archive(settings: Settings, path: Path) -> VerifyReport:
             else:
                 counts = _verify_postgres(settings, data, manifest, work)
     except (ArchiveError, pg.PgToolError) as exc:
-        record_verification(path, False, str(exc))
+        _remember(settings, path, False, str(exc))
         raise
-    record_verification(path, True, "row counts match the manifest")
+    _remember(settings, path, True, "row counts match the manifest")
     return VerifyReport(manifest, counts)
 
 

@@ -72,7 +72,12 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers) if exc.headers else None
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return ProblemResponse(request, exc.status_code, detail=detail, headers=headers)
+    # Exceptions may carry problem members of their own (the login limiter's violated-policies).
+    extra = getattr(exc, "extra", None)
+    return ProblemResponse(
+        request, exc.status_code, detail=detail, headers=headers,
+        type_=getattr(exc, "problem_type", None), extra=extra if isinstance(extra, dict) else None,
+    )
 
 
 async def _validation_exception(request: Request, exc: Exception) -> Response:
