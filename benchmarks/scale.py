@@ -36,6 +36,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 import redis
 
 from benchmarks.common import Result, Server, free_port, median_of, wrk
@@ -91,7 +92,14 @@ class FullServer:
             self.proc.wait()
 
 
-def _full_env(database_url: str, data_dir: Path, variant: str, prefix: str) -> dict[str, str]:
+def pool_size(workers: int) -> int:
+    """Per-process pool: 32 connections of load over the workers, and every PostgreSQL server of
+    one round (3 servers x workers x (read pool + write pool)) under max_connections (100)."""
+    return max(2, 10 // workers)
+
+
+def _full_env(database_url: str, data_dir: Path, variant: str, prefix: str,
+              workers: int = 1) -> dict[str, str]:
     env = {
         "STALWART_ENV": "production",
         "STALWART_SECRET_KEY": secrets.token_urlsafe(48),
@@ -104,6 +112,8 @@ def _full_env(database_url: str, data_dir: Path, variant: str, prefix: str) -> d
         "STALWART_RATE_LIMIT_LOGIN_ACCOUNT": "1000000000/hour",
         "STALWART_RATE_LIMIT_BACKEND": variant,
         "STALWART_PURGE_INTERVAL_HOURS": "0",
+        "STALWART_DB_POOL_SIZE": str(pool_size(workers)),
+        "STALWART_DB_MAX_OVERFLOW": "0",
     }
     if variant == "redis":
         env |= {
@@ -114,6 +124,19 @@ def _full_env(database_url: str, data_dir: Path, variant: str, prefix: str) -> d
             "STALWART_SCHEDULER_LOCK_PREFIX": f"{prefix}lock:",
         }
     return env
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a server process and its workers."""
+    total = 0.0
+    parent = psutil.Process(pid)
+    for proc in [parent, *parent.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _seed(url: str) -> str:
@@ -170,8 +193,9 @@ def main() -> None:
     # Production refuses a SQLite file in a temporary folder: keep it under ./var (ignored).
     work = REPO / "var" / f"bench-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
-    # (route, database, variant, workers) -> results
+    # (route, database, variant, workers) -> results, and server CPU microseconds per request
     results: dict[tuple[str, str, str, int], list[Result]] = {}
+    cpu: dict[tuple[str, str, str, int], list[float]] = {}
     try:
         with databases(work) as urls:
             tokens = {}
@@ -184,12 +208,14 @@ def main() -> None:
                     servers: dict[tuple[str, str], Server | FullServer] = {}
                     for db, url in urls.items():
                         servers[(db, "bare")] = stack.enter_context(
-                            Server("benchmarks.scale_apps:bare_app", {"BENCH_DATABASE_URL": url},
+                            Server("benchmarks.scale_apps:bare_app",
+                                   {"BENCH_DATABASE_URL": url,
+                                    "BENCH_POOL_SIZE": str(pool_size(workers))},
                                    workers=workers)
                         )
                         for variant in ("memory", "redis"):
                             name = f"{db}-{variant}-{workers}"
-                            env = _full_env(url, work / name, variant, prefix)
+                            env = _full_env(url, work / name, variant, prefix, workers)
                             servers[(db, variant)] = stack.enter_context(
                                 FullServer(env, workers, work / f"{name}.log")
                             )
@@ -204,13 +230,20 @@ def main() -> None:
                     for run in range(args.runs):
                         for route, db in plan:
                             for variant in VARIANTS:
-                                r = wrk(servers[(db, variant)].url + route,
-                                        _headers(route, tokens[db]), seconds=args.seconds,
-                                        connections=args.connections)
-                                results.setdefault((route, db, variant, workers), []).append(r)
+                                server = servers[(db, variant)]
+                                assert server.proc is not None
+                                before = tree_cpu_seconds(server.proc.pid)
+                                r = wrk(server.url + route, _headers(route, tokens[db]),
+                                        seconds=args.seconds, connections=args.connections)
+                                used = tree_cpu_seconds(server.proc.pid) - before
+                                us = used / (r.rps * args.seconds) * 1e6
+                                key = (route, db, variant, workers)
+                                results.setdefault(key, []).append(r)
+                                cpu.setdefault(key, []).append(us)
                                 print(f"workers {workers} run {run + 1} {route:14} {db:8} "
                                       f"{variant:6} {r.rps:8.0f} req/s p99 {r.p99_ms:6.1f} ms "
-                                      f"errors {r.errors}", file=sys.stderr, flush=True)
+                                      f"cpu {us:6.0f} us/req errors {r.errors}",
+                                      file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         client = redis.Redis.from_url(REDIS_URL)
@@ -219,6 +252,8 @@ def main() -> None:
             client.delete(*keys)
         client.close()
     print(_table(results, worker_counts, args))
+    print()
+    print(_cpu_table(cpu, worker_counts))
 
 
 def _headers(route: str, token: str) -> dict[str, str]:
@@ -250,6 +285,30 @@ def _table(results: dict[tuple[str, str, str, int], list[Result]], worker_counts
                 ratio = "" if variant == "bare" else f" ({m.rps / bare:.0%})"
                 errors = f", {m.errors} errors" if m.errors else ""
                 cells.append(f"{m.rps:,.0f}{ratio}, {m.p99_ms:.1f} ms{errors}")
+            name = "bare FastAPI" if variant == "bare" else f"Stalwart, {variant} limiter"
+            lines.append(f"| `GET {route}` | {'-' if route.startswith(('/health', '/bench')) else db} "
+                         f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cpu_table(cpu: dict[tuple[str, str, str, int], list[float]], worker_counts: list[int]) -> str:
+    """Server CPU per request: steadier than req/s on a shared machine. bare / full is the
+    throughput share the full service keeps when the server, not the client, is the limit."""
+    lines = [
+        "| route | database | server | " + " | ".join(
+            f"{w} worker{'s' if w > 1 else ''}: CPU us/request (bare/this)" for w in worker_counts
+        ) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in worker_counts) + " |",
+    ]
+    routes = sorted({(route, db) for route, db, _, _ in cpu},
+                    key=lambda k: (not k[0].startswith("/health"), k[0] != "/bench/static", k[1]))
+    for route, db in routes:
+        for variant in VARIANTS:
+            cells = []
+            for w in worker_counts:
+                us = statistics.median(cpu[(route, db, variant, w)])
+                bare = statistics.median(cpu[(route, db, "bare", w)])
+                cells.append(f"{us:.0f}" + ("" if variant == "bare" else f" ({bare / us:.0%})"))
             name = "bare FastAPI" if variant == "bare" else f"Stalwart, {variant} limiter"
             lines.append(f"| `GET {route}` | {'-' if route.startswith(('/health', '/bench')) else db} "
                          f"| {name} | " + " | ".join(cells) + " |")

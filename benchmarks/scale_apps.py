@@ -41,7 +41,10 @@ def bare_app() -> FastAPI:
     from stalwart.data.engine import Database
 
     url = os.environ["BENCH_DATABASE_URL"]
-    db = Database(Settings(_env_file=None, database_url=url))  # type: ignore[call-arg]
+    pool = int(os.environ.get("BENCH_POOL_SIZE", "10"))
+    db = Database(
+        Settings(_env_file=None, database_url=url, db_pool_size=pool, db_max_overflow=0)  # type: ignore[call-arg]
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

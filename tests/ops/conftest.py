@@ -13,6 +13,13 @@ from tests.conftest import make_settings
 from tests.ops.helpers import scratch_postgres
 
 
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database to copy (CREATE DATABASE ... TEMPLATE), one per worker."""
+    with scratch_postgres() as url:
+        yield url.rsplit("/", 1)[1]
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def fresh_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
     """A migrated, empty database this test may destroy and restore."""
@@ -22,7 +29,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: P
         shutil.copy(sqlite_template, target)
         yield f"sqlite+aiosqlite:///{target}"
         return
-    with scratch_postgres() as url:
+    with scratch_postgres(template=request.getfixturevalue("pg_template")) as url:
         yield url
 
 

@@ -248,11 +248,6 @@ async def test_login_is_limited_per_account_across_ips(
         rate_limit_login_account="3/15minutes",
     )
     async with running_app(settings) as app:
-        if app.state.resources.login_limiter is None:
-            pytest.xfail(
-                "per-account login budget not wired: Resources.login_limiter is never set "
-                "(settings.rate_limit_login_account has no effect)"
-            )
         async with client_at(app, "192.0.2.1") as first:
             victim = await signup(first, "victim")  # one login (with the right password)
         statuses = []
@@ -265,6 +260,14 @@ async def test_login_is_limited_per_account_across_ips(
                 statuses.append(r.status_code)
         assert statuses == [401, 401, 429, 429]
         assert r.json()["type"] == "/problems/quota-exceeded"
+        assert r.json()["violated-policies"] == ["3-in-15min"]
+        assert int(r.headers["retry-after"]) > 0
+        # Once spent, even the right password is refused: guessing cannot succeed meanwhile.
+        async with client_at(app, "198.51.100.77") as late:
+            r = await late.post("/api/v1/auth/tokens", json={"email": victim.email, "password": victim.password})
+            assert r.status_code == 429
+            assert (await late.get("/api/v1/me", headers=victim.headers)).status_code == 200
+        assert await audit_events(app, "auth.login_failed") == 2
         # Another account is not affected.
         async with client_at(app, "198.51.100.9") as c:
             other = await signup(c, "other")

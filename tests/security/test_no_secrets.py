@@ -13,7 +13,6 @@ import base64
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -78,7 +77,7 @@ def settings(tmp_path: Path, database_url: str, secrets: Secrets) -> Settings:
 
 
 @pytest.fixture
-async def app_with_failures(app: FastAPI) -> AsyncIterator[FastAPI]:
+async def app_with_failures(app: FastAPI) -> FastAPI:
     """The fixture app plus test-only routes that fail the worst way, quoting the secrets."""
     settings: Settings = app.state.settings
 
@@ -98,7 +97,7 @@ async def app_with_failures(app: FastAPI) -> AsyncIterator[FastAPI]:
     app.add_api_route("/test-only/explode", explode, methods=["GET"])
     app.add_api_route("/test-only/unavailable", unavailable, methods=["GET"])
     app.add_api_route("/test-only/key-error", key_error, methods=["POST"])
-    yield app
+    return app
 
 
 def _forms(secret: str) -> set[str]:

@@ -11,7 +11,6 @@ too. Bounded: a few dozen examples per operation and mode.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path

@@ -88,6 +88,8 @@ class Monitoring:
         self._others_ttl = min(1.0, settings.metrics_publish_seconds / 2)
         self._others_inflight: asyncio.Future[list[dict[str, Any]]] | None = None
         self._publish_failing = False
+        # One publish at a time: a later snapshot must never be overwritten by an earlier one.
+        self._publish_lock = asyncio.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self, resources: Any) -> None:
@@ -271,7 +273,8 @@ class Monitoring:
                 logger.exception("alert evaluation failed; retrying")
 
     async def publish(self) -> None:
-        await self.share.publish(self.instance_id, orjson.dumps(self.snapshot()))
+        async with self._publish_lock:
+            await self.share.publish(self.instance_id, orjson.dumps(self.snapshot()))
 
     async def _publish_forever(self) -> None:
         if isinstance(self.share, NoShare):

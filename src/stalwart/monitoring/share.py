@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Protocol
@@ -99,8 +100,17 @@ class FolderShare:
     def __init__(self, folder: Path, *, stale_seconds: float) -> None:
         self.folder = folder
         self.stale_seconds = stale_seconds
+        # A write still running in its thread when the process stops must not bring back the
+        # file `remove` just deleted.
+        self._lock = threading.Lock()
+        self._removed: set[str] = set()
 
     def _write(self, instance: str, payload: bytes) -> None:
+        with self._lock:
+            if instance not in self._removed:
+                self._write_file(instance, payload)
+
+    def _write_file(self, instance: str, payload: bytes) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{instance}{self._SUFFIX}"
         temporary = self.folder / f".{instance}.tmp"
@@ -134,6 +144,11 @@ class FolderShare:
     async def collect(self, exclude: str) -> list[bytes]:
         return await asyncio.to_thread(self._read, exclude)
 
+    def _remove(self, instance: str) -> None:
+        with self._lock:
+            self._removed.add(instance)
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / f"{instance}{self._SUFFIX}").unlink()
+
     async def remove(self, instance: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.folder / f"{instance}{self._SUFFIX}").unlink()
+        await asyncio.to_thread(self._remove, instance)
