@@ -75,7 +75,8 @@ def test_dashboard_draws_live_charts_under_the_strict_csp(
     env = {"STALWART_MONITOR_TOKEN": TOKEN, "STALWART_RATE_LIMIT": "100000/15minutes"}
     server = ServerProcess(tmp_path / "var", env=env)
     assert server.run_cli("migrate").returncode == 0
-    with server:
+    server.start(timeout=60)
+    try:
         page = httpx.get(f"{server.url}/monitor", timeout=5)
         assert page.status_code == 200
         csp = page.headers["content-security-policy"]
@@ -143,3 +144,5 @@ def test_dashboard_draws_live_charts_under_the_strict_csp(
             lambda d: "not valid" in d.find_element(By.ID, "status").text
         )
         assert driver.execute_script("return sessionStorage.getItem('stalwart.monitorToken')") is None
+    finally:
+        server.stop()

@@ -64,7 +64,7 @@ class Server:
             )
         self.workers = workers
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
         """Until every worker answers (each request on a new connection)."""
         seen: set[int] = set()
         deadline = time.monotonic() + timeout

@@ -25,7 +25,8 @@ def test_two_workers_report_the_requests_of_both(tmp_path: Path) -> None:
         args=("--workers", "2"),
     )
     assert server.run_cli("migrate").returncode == 0
-    with server:
+    server.start(timeout=60)  # two worker processes start slowly on a busy machine
+    try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # until both workers are up and published
             r = httpx.get(f"{server.url}/api/monitor", headers=AUTH, timeout=5)
@@ -56,4 +57,6 @@ def test_two_workers_report_the_requests_of_both(tmp_path: Path) -> None:
                 if s.name == "stalwart_http_requests_total" and s.labels["route"] == "/health/live"
             )
             assert counted == before + 40
+    finally:
+        server.stop()
     assert "Traceback" not in server.log()

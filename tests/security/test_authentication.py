@@ -272,3 +272,36 @@ async def test_login_is_limited_per_account_across_ips(
         async with client_at(app, "198.51.100.9") as c:
             other = await signup(c, "other")
             assert other.token
+
+
+async def test_monitor_token_is_compared_in_constant_time(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one secret compared in Python (it is not stored in the database) goes through
+    hmac.compare_digest; a near miss is the same 401 as garbage."""
+    import hmac
+
+    from stalwart.api import monitor
+
+    token = f"monitor-{uuid.uuid4().hex}"
+    compared: list[tuple[bytes, bytes]] = []
+
+    class SpyHmac:
+        @staticmethod
+        def compare_digest(a: bytes, b: bytes) -> bool:
+            compared.append((a, b))
+            return hmac.compare_digest(a, b)
+
+    monkeypatch.setattr(monitor, "hmac", SpyHmac)
+    settings = make_settings(tmp_path, database_url=database_url, monitor_token=token)
+    async with running_app(settings) as app, client_at(app) as client:
+        ok = await client.get("/api/monitor", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200
+        misses = [
+            await client.get("/api/monitor", headers={"Authorization": f"Bearer {candidate}"})
+            for candidate in (_flip_last(token), token[:-1], "x")
+        ]
+    for r in misses:
+        _assert_401(r)
+    assert len({str(problem_sans_ids(r)) for r in misses}) == 1
+    assert compared == [(t.encode(), token.encode()) for t in (token, _flip_last(token), token[:-1], "x")]

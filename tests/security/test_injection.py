@@ -33,7 +33,7 @@ from stalwart.data.models import Account as AccountRow
 from stalwart.data.models import Note
 from stalwart.settings import Settings
 from tests.conftest import Account
-from tests.security.helpers import INJECTION_PAYLOADS, client_at, make_admin, running_app
+from tests.security.helpers import INJECTION_PAYLOADS, client_at, make_admin, raw_request, running_app
 
 pytestmark = pytest.mark.anyio
 
@@ -439,3 +439,25 @@ async def test_nul_in_any_parameter_is_422(
         pointers = [e["pointer"] for e in r.json()["errors"]]
         assert len(pointers) == 1, pointers
         assert pointers[0].split(":")[0] in ("path", "query"), pointers
+
+
+async def test_static_files_refuse_traversal_and_nul(app: FastAPI) -> None:
+    """The file-serving mounts: request targets as a server receives them, undecoded tricks
+    included; nothing outside the asset folders is served and nothing fails."""
+    for target in (
+        "/docs/assets/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/docs/assets/../../../../etc/passwd",
+        "/docs/assets/%2e%2e/%2e%2e/settings.py",
+        "/docs/assets/%00",
+        "/docs/assets/swagger-ui.css%00.js",
+        "/static/..%2F..%2Fsettings.py",
+        "/static/%00",
+        "/monitor/assets/..%2F..%2Fapi%2Fsettings.py",
+        "/monitor/assets/%00",
+        "/docs/assets/" + "a" * 5_000,
+    ):
+        r = await raw_request(app, "GET", target)
+        assert r.status in (404, 422), (target, r.status)
+        assert r.headers["content-type"] == "application/problem+json", target
+        assert b"root:" not in r.body
+        assert b"BaseSettings" not in r.body

@@ -56,7 +56,7 @@ def alert_rules(settings: Settings) -> list[Alert]:
     rules = [
         Alert("memory_rss", "Resident memory of a process", float(settings.alert_rss_mb), "MiB",
               "instance"),
-        Alert("event_loop_lag", "Largest event-loop delay over the last minute",
+        Alert("event_loop_lag", "Largest event-loop delay since the previous evaluation",
               settings.alert_loop_lag_ms, "ms", "instance"),
         Alert("error_rate_5xx", "Share of 5xx responses over the last minute",
               settings.alert_5xx_rate, "ratio", "service"),

@@ -265,12 +265,14 @@ class Monitoring:
 
     async def _alert_forever(self) -> None:
         interval = self.settings.alert_eval_seconds
+        # Soon after start-up, so /api/monitor shows values early; then at the set interval.
+        await asyncio.sleep(min(interval, 1.0))
         while True:
-            await asyncio.sleep(interval)
             try:
                 await self.evaluate_alerts()
             except Exception:
                 logger.exception("alert evaluation failed; retrying")
+            await asyncio.sleep(interval)
 
     async def publish(self) -> None:
         async with self._publish_lock:

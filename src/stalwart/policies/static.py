@@ -393,10 +393,7 @@ class StaticAssets:
 
     def _is_variant(self, real: str) -> bool:
         # `app.js.br` is served as the encoding of `app.js`, never as a file of its own.
-        for suffix in _VARIANT_SUFFIXES:
-            if real.endswith(suffix) and os.path.isfile(real[: -len(suffix)]):
-                return True
-        return False
+        return any(real.endswith(s) and os.path.isfile(real[: -len(s)]) for s in _VARIANT_SUFFIXES)
 
     async def _select(
         self, real: str, st: os.stat_result, accept_encoding: str, range_header: str | None
