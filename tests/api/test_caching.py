@@ -28,6 +28,7 @@ async def test_note_etag_and_304(client: httpx.AsyncClient, alice: Account) -> N
     assert r.status_code == 304
     assert r.content == b""
     assert r.headers["etag"] == '"v1"'
+    assert "Accept-Encoding" in r.headers["vary"]
     r = await client.get(url, headers={**alice.headers, "If-None-Match": 'W/"v0", "v9"'})
     assert r.status_code == 200
 

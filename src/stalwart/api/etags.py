@@ -36,7 +36,8 @@ def not_modified(request: Request, etag: str) -> Response | None:
         return None
     tags = _tags(header)
     if "*" in tags or etag in tags:
-        return Response(status_code=304, headers={"ETag": etag})
+        # The 200 would vary by encoding (compression); a 304 must say the same (RFC 9110 15.4.5).
+        return Response(status_code=304, headers={"ETag": etag, "Vary": "Accept-Encoding"})
     return None
 
 
