@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.e2e.serving import free_port
 
@@ -147,6 +148,32 @@ class Nginx:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"nginx did not start:\n{self.error_log()}")
+
+    def set_down(self, address: str, down: bool, timeout: float = 15.0) -> None:
+        """Mark one upstream server `down` (or back up), reload, and wait for the old workers.
+
+        With nginx (open source), this is how an instance leaves the rotation before it stops:
+        after the reload no new request goes to it, and once the old workers have finished
+        their requests in flight nothing reaches it at all.
+        """
+        assert self.proc is not None
+        text = self.conf.read_text()
+        pattern = rf"(server {re.escape(address)} [^;]*?)( down)?;"
+        text, found = re.subn(pattern, lambda m: m.group(1) + (" down;" if down else ";"), text)
+        assert found == 1, address
+        self.conf.write_text(text)
+        before = {child.pid for child in psutil.Process(self.proc.pid).children()}
+        reload = subprocess.run(
+            self.command("-s", "reload"), capture_output=True, text=True, timeout=30, check=False
+        )
+        assert reload.returncode == 0, reload.stderr
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            children = {child.pid for child in psutil.Process(self.proc.pid).children()}
+            if children and not children & before:  # new workers up, old ones gone
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"nginx workers {before} did not finish after the reload")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -277,3 +277,16 @@ async def test_no_response_exposes_hashes_secrets_or_undocumented_fields(
     r = await client.get("/api/v1/me", headers=carol.headers)
     assert set(r.json()) == RESPONSE_MODELS["AccountOut"]
     assert carol.password not in r.text
+
+
+async def test_security_schemes_say_which_token_each_operation_takes(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes == {
+        "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "Opaque token from POST /api/v1/auth/tokens"},
+        "MonitorBearer": {
+            "type": "http", "scheme": "bearer", "description": "An admin account's token, or STALWART_MONITOR_TOKEN",
+        },
+    }
+    for path in ("/api/monitor", "/metrics"):
+        assert spec["paths"][path]["get"]["security"] == [{"MonitorBearer": []}]

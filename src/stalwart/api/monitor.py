@@ -28,8 +28,9 @@ __all__ = ["monitor_access", "router"]
 
 router = APIRouter(tags=["monitoring"])
 
+# A scheme of its own: sharing the name "HTTPBearer" would give every API operation this description.
 _bearer = HTTPBearer(
-    auto_error=False, description="An admin account's token, or STALWART_MONITOR_TOKEN"
+    auto_error=False, scheme_name="MonitorBearer", description="An admin account's token, or STALWART_MONITOR_TOKEN"
 )
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="stalwart"'}
 _NO_STORE = {"Cache-Control": "no-store"}
