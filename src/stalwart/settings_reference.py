@@ -42,5 +42,6 @@ def render_reference() -> str:
     rows = []
     for name, field in Settings.model_fields.items():
         type_name = _type_name(field.annotation).replace("|", "or")
-        rows.append(f"| `STALWART_{name.upper()}` | {type_name} | {_default(field.get_default(call_default_factory=True))} |")
+        default = _default(field.get_default(call_default_factory=True))
+        rows.append(f"| `STALWART_{name.upper()}` | {type_name} | {default} |")
     return _HEADER + "\n".join(rows) + "\n"

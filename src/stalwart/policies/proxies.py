@@ -173,10 +173,7 @@ class ProxyHeadersMiddleware:
                 scope["client"] = (peer, client[1])
         if not self.networks or len(peer) > 64 or not self._trusted(peer):
             return
-        if self.header == "forwarded":
-            hops = self._forwarded_hops(scope)
-        else:
-            hops = self._x_forwarded_hops(scope)
+        hops = self._forwarded_hops(scope) if self.header == "forwarded" else self._x_forwarded_hops(scope)
         if hops is None:
             return
         address, scheme = hops
