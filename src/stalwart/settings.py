@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     metrics_key_prefix: str = "stalwart:metrics:"
     metrics_publish_seconds: float = Field(default=2.0, gt=0)
     metrics_stale_seconds: float = Field(default=10.0, gt=0)
+    # One "performance" log line (stalwart.metrics logger) per interval for the service; 0: off.
+    metrics_log_seconds: float = Field(default=60.0, ge=0)
 
     # --- deployment ----------------------------------------------------------------------------
     shutdown_drain_seconds: float = Field(default=0.0, ge=0)

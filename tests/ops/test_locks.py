@@ -57,21 +57,52 @@ async def test_postgres_advisory_lock_is_exclusive_and_dies_with_its_session(
 
 async def test_redis_lock_is_exclusive_renewed_and_owner_released(redis: Redis, redis_prefix: str) -> None:
     key = f"{redis_prefix}lock:backup"
-    a = RedisLock(redis, key, ttl_ms=300)
-    b = RedisLock(redis, key, ttl_ms=300)
-    assert await a.acquire()
-    await asyncio.sleep(0.8)  # well past the TTL: still held, because it is renewed
-    assert not await b.acquire()
-    assert 0 < await redis.pttl(key) <= 300
-    await a.release()
+    a = RedisLock(redis, key, ttl_ms=1200)
+    b = RedisLock(redis, key, ttl_ms=1200)
+    try:
+        assert await a.acquire()
+        await asyncio.sleep(2.0)  # well past the TTL: still held, because it is renewed
+        assert not await b.acquire()
+        assert 0 < await redis.pttl(key) <= 1200
+        await a.release()
+        assert await redis.exists(key) == 0
+        assert await b.acquire()
+        # Someone whose lock expired must not delete the current holder's key.
+        stale = RedisLock(redis, key, ttl_ms=1200)
+        stale.token = "not-the-owner"
+        await stale.release()
+        assert await redis.exists(key) == 1
+    finally:
+        await a.release()
+        await b.release()
     assert await redis.exists(key) == 0
-    assert await b.acquire()
-    # Someone whose lock expired must not delete the current holder's key.
-    stale = RedisLock(redis, key, ttl_ms=300)
-    stale.token = "not-the-owner"
-    await stale.release()
-    assert await redis.exists(key) == 1
-    await b.release()
+
+
+async def test_redis_lock_survives_a_failed_renewal(redis: Redis, redis_prefix: str) -> None:
+    """Redis unreachable for a moment: the renewer logs and retries instead of dying."""
+    key = f"{redis_prefix}lock:purge"
+    lock = RedisLock(redis, key, ttl_ms=1500)
+    calls = 0
+    real_eval = redis.eval
+
+    async def flaky_eval(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("redis went away")
+        return await real_eval(*args)  # type: ignore[arg-type]
+
+    try:
+        assert await lock.acquire()
+        redis.eval = flaky_eval  # type: ignore[method-assign]
+        await asyncio.sleep(1.2)  # two renewal ticks: the first fails, the second renews
+        assert lock.renewer is not None
+        assert not lock.renewer.done()
+        assert calls >= 2
+    finally:
+        redis.eval = real_eval  # type: ignore[method-assign]
+        await lock.release()
+    assert await redis.exists(key) == 0
 
 
 async def test_make_lock_picks_the_backend(tmp_path: Path, redis: Redis) -> None:

@@ -7,6 +7,8 @@ three background tasks, started and stopped by the app lifespan through `Resourc
 - alerts (every `alert_eval_seconds`): evaluates the alerts and logs transitions.
 - publisher (every `metrics_publish_seconds`): this process's snapshot to the share (Redis or a
   folder), so that `/api/monitor` and `/metrics` served by any worker cover all of them.
+- performance log (every `metrics_log_seconds`): one line on the `stalwart.metrics` logger with
+  the service's figures over the last minute, written by the leader only.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from stalwart.settings import Settings
 __all__ = ["Cluster", "Monitoring", "metrics_dir"]
 
 logger = logging.getLogger("stalwart.monitoring")
+performance_logger = logging.getLogger("stalwart.metrics")
 _MIB = 1024 * 1024
 
 
@@ -127,6 +130,10 @@ class Monitoring:
                 asyncio.create_task(self._alert_forever(), name="stalwart-monitor-alerts"),
                 asyncio.create_task(self._publish_forever(), name="stalwart-monitor-publisher"),
             ]
+            if settings.metrics_log_seconds > 0:
+                self._tasks.append(
+                    asyncio.create_task(self._log_forever(), name="stalwart-monitor-log")
+                )
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -273,6 +280,52 @@ class Monitoring:
             except Exception:
                 logger.exception("alert evaluation failed; retrying")
             await asyncio.sleep(interval)
+
+    async def log_performance(self) -> bool:
+        """Log the service's figures over the last minute (leader only); True if logged."""
+        cluster = await self.cluster()
+        if not cluster.leader:
+            return False
+        window = cluster.merged.window(60)
+        processes = [s.get("process", {}) for s in cluster.snapshots]
+        rss = sum(int(p.get("rss_bytes", 0)) for p in processes)
+        cpu = sum(float(p.get("cpu_percent", 0.0)) for p in processes)
+        lag = max((float(p.get("loop_lag_max_ms", 0.0)) for p in processes), default=0.0)
+        rejections = sum(int(s.get("rate_limit", {}).get("rejections", 0)) for s in cluster.snapshots)
+        p95 = "-" if window.p95_ms is None else f"{window.p95_ms:.1f}"
+        performance_logger.info(
+            "performance over the last minute: %.2f req/s, p95 %s ms, 5xx %.2f %%, 4xx %.2f %%, "
+            "%d in flight, rss %.0f MiB, cpu %.0f %%, loop lag max %.1f ms, %d processes",
+            window.rate_per_second, p95, window.error_rate_5xx * 100, window.error_rate_4xx * 100,
+            cluster.merged.in_flight, rss / _MIB, cpu, lag, len(cluster.snapshots),
+            extra={
+                "metrics.window_seconds": 60,
+                "http.server.requests": window.requests,
+                "http.server.request_rate": window.rate_per_second,
+                "http.server.duration_p50_ms": window.p50_ms,
+                "http.server.duration_p95_ms": window.p95_ms,
+                "http.server.duration_p99_ms": window.p99_ms,
+                "http.server.duration_max_ms": window.max_ms,
+                "http.server.error_rate_4xx": window.error_rate_4xx,
+                "http.server.error_rate_5xx": window.error_rate_5xx,
+                "http.server.active_requests": cluster.merged.in_flight,
+                "process.memory.rss_bytes": rss,
+                "process.cpu.percent": round(cpu, 1),
+                "event_loop.lag_max_ms": lag,
+                "rate_limit.rejections": rejections,
+                "service.processes": len(cluster.snapshots),
+            },
+        )
+        return True
+
+    async def _log_forever(self) -> None:
+        interval = self.settings.metrics_log_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.log_performance()
+            except Exception:
+                logger.exception("performance log failed; retrying")
 
     async def publish(self) -> None:
         async with self._publish_lock:

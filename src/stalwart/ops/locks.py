@@ -15,17 +15,21 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from stalwart.data.engine import Database
 from stalwart.settings import Settings
 
 __all__ = ["FileLock", "JobLock", "PostgresLock", "RedisLock", "make_lock"]
+
+logger = logging.getLogger("stalwart.ops")
 
 
 class JobLock(Protocol):
@@ -100,7 +104,15 @@ class RedisLock:
         # A job may outlive the TTL (a long backup); the TTL only bounds a crashed holder.
         while True:
             await asyncio.sleep(self.ttl_ms / 3000)
-            await self.redis.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))
+            try:
+                renewed = await self.redis.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))
+            except (RedisError, OSError) as exc:
+                # Keep trying: two more chances before the TTL runs out.
+                logger.warning("lock %s: renewal failed: %s", self.key, exc)
+                continue
+            if not renewed:
+                logger.warning("lock %s expired while held; another instance may run the job", self.key)
+                return
 
     async def release(self) -> None:
         renewer, self.renewer = self.renewer, None
@@ -110,7 +122,10 @@ class RedisLock:
                 await renewer
         if self.token:
             token, self.token = self.token, ""
-            await self.redis.eval(_RELEASE, 1, self.key, token)
+            try:
+                await self.redis.eval(_RELEASE, 1, self.key, token)
+            except (RedisError, OSError) as exc:  # the key expires with its TTL anyway
+                logger.warning("lock %s: release failed: %s", self.key, exc)
 
 
 class FileLock:
