@@ -55,3 +55,28 @@ async def test_docs_page_uses_self_hosted_assets_without_inline_script(client: h
     assert len(js.content) > 100_000
     init = await client.get("/docs/init.js")
     assert init.headers["content-type"].startswith("text/javascript")
+
+
+# Segments that are not collections: namespaces (api, v1, auth, admin), one resource of the
+# caller (me, current, export), an action on a resource (restore), mass nouns (trash, audit).
+_SINGLETONS = {"v1", "api", "auth", "admin", "me", "current", "export", "restore", "trash", "audit"}
+
+
+async def test_paths_and_methods_follow_rest_conventions(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path, item in spec["paths"].items():
+        if not path.startswith("/api/v1/"):
+            continue
+        for segment in path.strip("/").split("/"):
+            if segment.startswith("{"):
+                continue
+            assert segment == segment.lower(), path
+            assert segment in _SINGLETONS or segment.endswith("s"), f"{path}: {segment} is not a plural noun"
+        for method, op in item.items():
+            codes = {int(c) for c in op["responses"] if c.isdigit()}
+            if method == "delete":
+                assert 204 in codes, f"DELETE {path}"
+            if method == "post" and not path.endswith("/restore"):
+                assert 201 in codes or 202 in codes, f"POST {path} creates"
+            if method == "get":
+                assert 200 in codes, f"GET {path}"
