@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     rate_limit: str = "100/15minutes"
     rate_limit_login: str = "10/15minutes"
     rate_limit_login_account: str = "5/15minutes"
+    # Operators' monitoring (dashboard polling, Prometheus scrapes) gets its own budget so it
+    # neither spends nor is stopped by the default per-IP one.
+    rate_limit_monitoring: str = "1200/15minutes"
     rate_limit_backend: Literal["auto", "memory", "redis"] = "auto"
     rate_limit_ipv6_prefix: int = Field(default=56, ge=1, le=128)
     rate_limit_fail_open: bool = True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -18,8 +20,11 @@ from stalwart.policies.rate_limit import (
     login_account_policy,
     rate_limit_middleware,
 )
+from stalwart.app import create_app
 from stalwart.policies.stack import install_policies, policy_middleware
 from stalwart.settings import Settings
+
+from tests.conftest import make_settings as service_settings
 
 from .conftest import client_for, tiny_app
 
@@ -36,7 +41,11 @@ def test_defaults_are_100_per_15_minutes_per_ip_and_a_stricter_login() -> None:
     assert middleware.cls is RateLimitMiddleware
     assert isinstance(middleware.args[0], MemoryBackend)
     assert middleware.kwargs["policy"] == Policy(100, 900, "100-in-15min")
-    assert middleware.kwargs["routes"] == [RouteLimit("POST", "/api/v1/auth/tokens", Policy(10, 900, "10-in-15min"))]
+    assert middleware.kwargs["routes"] == [
+        RouteLimit("POST", "/api/v1/auth/tokens", Policy(10, 900, "10-in-15min")),
+        RouteLimit("GET", "/api/monitor", Policy(1200, 900, "1200-in-15min")),
+        RouteLimit("GET", "/metrics", Policy(1200, 900, "1200-in-15min")),
+    ]
     assert middleware.kwargs["ipv6_prefix"] == 56
     assert login_account_policy(settings) == Policy(5, 900, "5-in-15min")
 
@@ -116,3 +125,17 @@ async def test_through_the_stack_budgets_follow_the_resolved_client_address() ->
         200,
     ]
     assert await statuses("10.0.0.2", ["198.51.100.1", "2001:db8:1:1ff::9"]) == [429, 200]
+
+
+async def test_monitoring_routes_have_their_own_budget(tmp_path: Path) -> None:
+    settings = service_settings(
+        tmp_path, rate_limit="2/15minutes", rate_limit_monitoring="5/15minutes", monitor_token="m" * 32
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.50", 1))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        auth = {"Authorization": "Bearer " + "m" * 32}
+        statuses = [(await c.get("/api/monitor", headers=auth)).status_code for _ in range(6)]
+        other = [(await c.get("/api/v1/notes")).status_code for _ in range(3)]
+    assert statuses == [200] * 5 + [429]
+    assert other == [401, 401, 429]

@@ -59,7 +59,12 @@ def backend_from_settings(settings: Settings, redis: Redis | None = None) -> Rat
 
 
 def route_limits_from_settings(settings: Settings) -> list[RouteLimit]:
-    return [RouteLimit(LOGIN_METHOD, LOGIN_PATH, parse_policy(settings.rate_limit_login))]
+    monitoring = parse_policy(settings.rate_limit_monitoring)
+    return [
+        RouteLimit(LOGIN_METHOD, LOGIN_PATH, parse_policy(settings.rate_limit_login)),
+        RouteLimit("GET", "/api/monitor", monitoring),
+        RouteLimit("GET", "/metrics", monitoring),
+    ]
 
 
 def login_account_policy(settings: Settings) -> Policy:
