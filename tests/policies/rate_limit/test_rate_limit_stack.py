@@ -10,6 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from stalwart.app import create_app
 from stalwart.policies.rate_limit import (
     MemoryBackend,
     Policy,
@@ -20,10 +21,8 @@ from stalwart.policies.rate_limit import (
     login_account_policy,
     rate_limit_middleware,
 )
-from stalwart.app import create_app
 from stalwart.policies.stack import install_policies, policy_middleware
 from stalwart.settings import Settings
-
 from tests.conftest import make_settings as service_settings
 
 from .conftest import client_for, tiny_app
