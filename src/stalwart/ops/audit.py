@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stalwart.data.models import AuditEvent
+from stalwart.policies.request_log import anonymize_ip
 
-__all__ = ["anonymize_ip", "record"]
-
-
-def anonymize_ip(address: str | None) -> str | None:
-    """IPv4 to its /24 (last octet zeroed), IPv6 to its /48."""
-    if not address:
-        return None
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+__all__ = ["record"]
 
 
 def record(
@@ -36,6 +22,5 @@ def record(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Add an event to the session; it commits with the change it describes."""
-    session.add(
-        AuditEvent(event=event, subject=subject, actor=actor, ip=anonymize_ip(ip), details=details or {})
-    )
+    anonymized = anonymize_ip(ip) if ip else None  # the one anonymizer, shared with the access log
+    session.add(AuditEvent(event=event, subject=subject, actor=actor, ip=anonymized, details=details or {}))
