@@ -181,6 +181,51 @@ async def test_no_accept_encoding_still_says_vary() -> None:
     assert r.content == BODY
 
 
+@pytest.mark.parametrize("accept", [None, "identity", "br;q=0, zstd;q=0, gzip;q=0"])
+@pytest.mark.parametrize(
+    ("path", "vary", "encoding", "body"),
+    [
+        ("/json", "Accept-Encoding", None, BODY),
+        ("/vary", "Origin, Accept-Encoding", None, BODY),
+        ("/png", None, None, BODY),
+        ("/no-transform", None, None, BODY),
+        ("/encoded", None, "gzip", BODY),  # precompressed: passed on as it is
+        ("/stream", "Accept-Encoding", None, b"".join(CHUNKS)),
+    ],
+)
+async def test_nothing_acceptable_only_adds_vary_where_coding_could_differ(
+    accept: str | None, path: str, vary: str | None, encoding: str | None, body: bytes
+) -> None:
+    r = await fetch(path, accept)
+    assert r.headers.get("vary") == vary
+    assert r.headers.get("content-encoding") == encoding
+    assert (gzip.decompress(r.content) if encoding else r.content) == body
+
+
+async def test_nothing_acceptable_passes_messages_through_and_copies_headers() -> None:
+    app_headers = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+    body_message: Message = {"type": "http.response.body", "body": b"{}"}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": app_headers})
+        await send(body_message)
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"host", b"t")]}
+    await CompressionMiddleware(app)(scope, receive, send)
+    assert sent[0]["headers"] == [*app_headers, (b"vary", b"Accept-Encoding")]
+    assert app_headers == [(b"content-type", b"application/json"), (b"content-length", b"2")]
+    assert sent[1] is body_message
+    assert len(sent) == 2
+
+
 async def test_small_bodies_are_not_compressed() -> None:
     r = await fetch("/small", "br, gzip")
     assert "content-encoding" not in r.headers

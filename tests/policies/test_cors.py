@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from stalwart.policies.cors import CORSConfigurationError, StrictCORSMiddleware, cors_middleware
 from stalwart.settings import Settings
@@ -290,3 +291,77 @@ async def test_wildcard_without_credentials_answers_star() -> None:
     assert response.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in response.headers
     assert response.headers["vary"] == "Origin"
+
+
+# --- The raw-ASGI fast paths: exact header lists -------------------------------------------
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+async def raw_call(
+    request_headers: RawHeaders, response_headers: RawHeaders | tuple[tuple[bytes, bytes], ...]
+) -> tuple[list[Message], RawHeaders | tuple[tuple[bytes, bytes], ...]]:
+    """One GET through StrictCORSMiddleware; the messages the server got, and the app's list."""
+    sent: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> Message:
+        return {"type": "http.request"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    middleware = StrictCORSMiddleware(
+        app, allow_origins=[ORIGIN], allow_credentials=True, expose_headers=["X-Request-Id"]
+    )
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": request_headers}
+    await middleware(scope, receive, send)
+    return sent, response_headers
+
+
+async def test_without_origin_several_vary_lines_become_one_with_origin() -> None:
+    app_headers = [
+        (b"vary", b"Accept-Encoding"),
+        (b"content-type", b"application/json"),
+        (b"vary", b"Accept-Language"),
+    ]
+    sent, original = await raw_call([(b"host", b"t")], app_headers)
+    assert sent[0]["headers"] == [
+        (b"vary", b"Accept-Encoding, Accept-Language, Origin"),
+        (b"content-type", b"application/json"),
+    ]
+    assert sent[1] == {"type": "http.response.body", "body": b"{}"}
+    # The app's own list (say a Response's raw_headers) is left as it was.
+    assert original == [
+        (b"vary", b"Accept-Encoding"),
+        (b"content-type", b"application/json"),
+        (b"vary", b"Accept-Language"),
+    ]
+
+
+async def test_without_origin_a_tuple_of_headers_gets_vary_appended() -> None:
+    sent, _ = await raw_call([(b"host", b"t")], ((b"content-type", b"application/json"),))
+    assert sent[0]["headers"] == [(b"content-type", b"application/json"), (b"vary", b"Origin")]
+
+
+async def test_allowed_origin_replaces_app_cors_headers_and_adds_vary_once() -> None:
+    app_headers = [
+        (b"access-control-allow-origin", b"*"),
+        (b"vary", b"Accept-Encoding"),
+        (b"access-control-allow-origin", b"https://other.example"),
+    ]
+    sent, _ = await raw_call([(b"origin", ORIGIN.encode())], app_headers)
+    assert sent[0]["headers"] == [
+        (b"access-control-allow-origin", ORIGIN.encode()),
+        (b"vary", b"Accept-Encoding, Origin"),
+        (b"access-control-allow-credentials", b"true"),
+        (b"access-control-expose-headers", b"X-Request-Id"),
+    ]
+
+
+async def test_first_origin_header_decides() -> None:
+    sent, _ = await raw_call([(b"origin", EVIL.encode()), (b"origin", ORIGIN.encode())], [])
+    assert sent[0]["headers"] == [(b"vary", b"Origin")]

@@ -274,3 +274,27 @@ def test_middleware_factory_uses_settings() -> None:
     factory: object = middleware.cls
     assert factory is ProxyHeadersMiddleware
     assert middleware.kwargs == {"trusted_proxies": config.trusted_proxies, "header": "forwarded"}
+
+
+@pytest.mark.parametrize(
+    "hop",
+    [
+        "203.0.113.9",
+        "[::ffff:203.0.113.9]:8080",
+        # Longer than the parse cache's key bound: parsed uncached, same answer.
+        "[fe80::1%" + "z" * 60 + "]:443",
+    ],
+)
+async def test_cached_hop_parsing_gives_the_same_client_every_time(hop: str) -> None:
+    expected = parse_host_port(hop)
+    assert expected is not None
+    for _ in range(3):
+        assert (await resolve([("X-Forwarded-For", hop)]))[0] == expected
+
+
+async def test_ipv4_mapped_peer_is_folded_on_every_request() -> None:
+    for _ in range(3):
+        assert await resolve([], peer="::ffff:198.51.100.7", trusted=[]) == (
+            ("198.51.100.7", 5000),
+            "http",
+        )

@@ -55,6 +55,20 @@ async def test_connection_close_once_draining() -> None:
     assert r.headers.get_list("connection") == ["close"]
 
 
+async def test_drain_that_begins_mid_request_still_closes() -> None:
+    state = DrainState()
+
+    async def slow(request: Request) -> PlainTextResponse:
+        state.begin()  # the signal arrives while this request runs
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/", slow)])
+    app.add_middleware(ShutdownMiddleware, state=state)
+    r = await get(app)
+    assert r.status_code == 200
+    assert r.headers["connection"] == "close"
+
+
 def test_drain_state_records_when_it_began() -> None:
     state = DrainState()
     assert state.since is None

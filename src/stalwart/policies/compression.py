@@ -200,6 +200,16 @@ def _header_tokens(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[
     ]
 
 
+_VARY = (b"vary", b"Accept-Encoding")
+# Verdicts of `CompressionMiddleware._inspect` on a response start.
+_NOT_CANDIDATE = 0  # coding never depends on the request: leave the response alone
+_CANDIDATE = 1  # coding depends on the request; the response has no Vary yet
+_CANDIDATE_VARY = 2  # coding depends on the request; the response has a Vary already
+# Bounds on the per-instance memo dicts: cleared when full, so hostile header values
+# cannot grow them without limit.
+_MEMO_SIZE = 512
+
+
 def _add_vary(headers: list[tuple[bytes, bytes]]) -> None:
     tokens = _header_tokens(headers, b"vary")
     if b"*" in tokens or b"accept-encoding" in tokens:
@@ -255,24 +265,101 @@ class CompressionMiddleware:
         self.codings = tuple(c for c in codings if c in factories)
         self._factories = factories
         self._encoding_values = {c: c.encode() for c in self.codings}
+        # Raw `Accept-Encoding` value -> negotiated coding, and raw `Content-Type` value ->
+        # compressible: a handful of distinct values in practice, so the hot path is one
+        # dict lookup instead of decoding and parsing.
+        self._negotiated: dict[bytes, str | None] = {}
+        self._compressible: dict[bytes, bool] = {}
 
     @classmethod
     def from_settings(cls, app: ASGIApp, settings: Settings) -> CompressionMiddleware:
         return cls(app, minimum_size=settings.compression_min_size)
 
     def _coding_for(self, scope: Scope) -> str | None:
-        values = [value for key, value in scope["headers"] if key == b"accept-encoding"]
-        if not values:
+        value: bytes | None = None
+        for key, item in scope["headers"]:
+            if key == b"accept-encoding":
+                value = item if value is None else value + b"," + item
+        if value is None:
             return None
-        return negotiate_encoding(b",".join(values).decode("latin-1"), self.codings)
+        try:
+            return self._negotiated[value]
+        except KeyError:
+            pass
+        coding = negotiate_encoding(value.decode("latin-1"), self.codings)
+        if len(self._negotiated) >= _MEMO_SIZE:
+            self._negotiated.clear()
+        self._negotiated[value] = coding
+        return coding
+
+    def _is_compressible(self, content_type: bytes) -> bool:
+        """`is_compressible_type`, remembered per raw value (the caller looks it up first)."""
+        result = is_compressible_type(content_type, self.excluded)
+        if len(self._compressible) >= _MEMO_SIZE:
+            self._compressible.clear()
+        self._compressible[content_type] = result
+        return result
+
+    def _inspect(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> int:
+        """Whether a response's coding can depend on the request, and whether it has a Vary."""
+        if status < 200 or status in _NO_BODY_STATUSES or status == 206:
+            return _NOT_CANDIDATE
+        content_type = b""
+        verdict = _CANDIDATE
+        for key, value in headers:
+            name = key.lower()
+            if name == b"content-type":
+                content_type = value
+            elif name == b"vary":
+                verdict = _CANDIDATE_VARY
+            elif name == b"content-encoding":
+                if value.strip().lower() != b"identity":
+                    return _NOT_CANDIDATE
+            elif name == b"content-range" or (
+                name == b"cache-control" and b"no-transform" in value.lower()
+            ):
+                return _NOT_CANDIDATE
+        compressible = self._compressible.get(content_type)
+        if compressible is None:
+            compressible = self._is_compressible(content_type)
+        return verdict if compressible else _NOT_CANDIDATE
+
+    def _with_vary(self, message: Message) -> list[tuple[bytes, bytes]] | None:
+        """The start message's headers with `Vary: Accept-Encoding`, or None to leave it as is.
+
+        Always a new list: the app may send a header list it keeps and reuses.
+        """
+        headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
+        if not isinstance(headers, list | tuple):
+            headers = list(headers)  # read twice below: a one-shot iterable would run dry
+        verdict = self._inspect(message["status"], headers)
+        if verdict == _CANDIDATE:
+            return [*headers, _VARY]
+        if verdict == _CANDIDATE_VARY:
+            merged = list(headers)
+            _add_vary(merged)
+            return merged
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         coding = self._coding_for(scope)
-        responder = _Responder(self, send, coding, is_head=scope["method"] == "HEAD")
-        await self.app(scope, receive, responder.send)
+        if coding is not None:
+            responder = _Responder(self, send, coding, is_head=scope["method"] == "HEAD")
+            await self.app(scope, receive, responder.send)
+            return
+
+        # Nothing to compress: the only job is `Vary` on the start; bodies pass straight on.
+        async def send_vary(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = self._with_vary(message)
+                if headers is not None:
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_vary)
 
 
 class _Responder:
@@ -316,12 +403,10 @@ class _Responder:
             await self.upstream(message)
 
     async def _start(self, message: Message) -> None:
-        headers: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
-        status: int = message["status"]
-        if not self._candidate(status, headers):
+        headers = self.mw._with_vary(message)
+        if headers is None:
             await self.upstream(message)
             return
-        _add_vary(headers)
         message["headers"] = headers
         if self.coding is None or self._declared_small(headers):
             await self.upstream(message)
@@ -335,22 +420,6 @@ class _Responder:
             return
         self.pending = message
         self.state = self.DECIDE
-
-    def _candidate(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-        if status < 200 or status in _NO_BODY_STATUSES or status == 206:
-            return False
-        content_type = b""
-        for key, value in headers:
-            name = key.lower()
-            if name == b"content-encoding" and value.strip().lower() != b"identity":
-                return False
-            if name == b"content-range":
-                return False
-            if name == b"cache-control" and b"no-transform" in value.lower():
-                return False
-            if name == b"content-type":
-                content_type = value
-        return is_compressible_type(content_type, self.mw.excluded)
 
     def _declared_small(self, headers: list[tuple[bytes, bytes]]) -> bool:
         for key, value in headers:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,8 +45,8 @@ __all__ = [
 DEV_ORIGIN_REGEX = r"http://(?:localhost|127\.0\.0\.1)(?::[0-9]{1,5})?"
 
 _PREFLIGHT_VARY = (
-    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers, "
-    "Access-Control-Request-Private-Network"
+    b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers, "
+    b"Access-Control-Request-Private-Network"
 )
 
 
@@ -54,11 +54,38 @@ class CORSConfigurationError(ValueError):
     """The CORS configuration is unsafe; raised at start-up."""
 
 
-def _add_vary_origin(headers: MutableHeaders) -> None:
-    values = headers.getlist("vary")
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def _set_header(headers: RawHeaders, name: bytes, value: bytes) -> None:
+    """`MutableHeaders.__setitem__` on the raw list: replace the first, drop the others."""
+    found = [index for index, (key, _) in enumerate(headers) if key == name]
+    if not found:
+        headers.append((name, value))
+        return
+    for index in reversed(found[1:]):
+        del headers[index]
+    headers[found[0]] = (name, value)
+
+
+def _add_vary_origin(headers: RawHeaders) -> None:
+    found = [index for index, (key, _) in enumerate(headers) if key == b"vary"]
+    if not found:
+        # The common case (the app set no Vary): no decoding, no token parsing.
+        headers.append((b"vary", b"Origin"))
+        return
+    values = [headers[index][1].decode("latin-1") for index in found]
     tokens = {token.strip().lower() for value in values for token in value.split(",")}
     if "origin" not in tokens and "*" not in tokens:
-        headers["Vary"] = ", ".join([*values, "Origin"])
+        _set_header(headers, b"vary", ", ".join([*values, "Origin"]).encode("latin-1"))
+
+
+def _response_headers(message: Message) -> RawHeaders:
+    # Like MutableHeaders(scope=message): a fresh list, so a list the app shares (say a
+    # Response's raw_headers) is never mutated in place.
+    headers: RawHeaders = list(message.get("headers", ()))
+    message["headers"] = headers
+    return headers
 
 
 class StrictCORSMiddleware(CORSMiddleware):
@@ -94,21 +121,40 @@ class StrictCORSMiddleware(CORSMiddleware):
             expose_headers=expose_headers,
             max_age=max_age,
         )
+        # Starlette's simple_headers as raw byte pairs, built once instead of per response.
+        self._simple_raw: tuple[tuple[bytes, bytes], ...] = tuple(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.simple_headers.items()
+        )
+        self._explicit_origin = not self.allow_all_origins or self.allow_credentials
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        origin = headers.get("origin")
-        if (
-            origin is not None
-            and scope["method"] == "OPTIONS"
-            and "access-control-request-method" in headers
-        ):
-            await self._preflight(scope, receive, send, headers, origin)
+        # A scan of the raw list (as Starlette's gzip does) instead of building Headers:
+        # most requests (same-origin, server-to-server) carry no Origin at all.
+        raw_origin: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                raw_origin = value
+                break
+        if raw_origin is None:
+            await self.app(scope, receive, _vary_origin_sender(send))
             return
-        await self.simple_response(scope, receive, send, request_headers=headers)
+        origin = raw_origin.decode("latin-1")
+        if scope["method"] == "OPTIONS":
+            headers = Headers(scope=scope)
+            if "access-control-request-method" in headers:
+                await self._preflight(scope, receive, send, headers, origin)
+                return
+        if not self.is_allowed_origin(origin):
+            await self.app(scope, receive, _vary_origin_sender(send))
+            return
+        cors = self._simple_raw
+        if self._explicit_origin:
+            cors = (*cors, (b"access-control-allow-origin", raw_origin))
+        await self.app(scope, receive, _cors_sender(send, cors))
 
     async def _preflight(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, origin: str
@@ -125,7 +171,7 @@ class StrictCORSMiddleware(CORSMiddleware):
                 if name.startswith(b"access-control-") or name == b"vary"
             ]
         else:
-            cors = [(b"vary", _PREFLIGHT_VARY.encode("latin-1"))]
+            cors = [(b"vary", _PREFLIGHT_VARY)]
         await send_problem(
             scope,
             send,
@@ -136,19 +182,30 @@ class StrictCORSMiddleware(CORSMiddleware):
             headers=cors,
         )
 
-    async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
-        if message["type"] != "http.response.start":
-            await send(message)
-            return
-        message.setdefault("headers", [])
-        headers = MutableHeaders(scope=message)
-        origin = request_headers.get("origin")
-        if origin is not None and self.is_allowed_origin(origin):
-            headers.update(self.simple_headers)
-            if not self.allow_all_origins or self.allow_credentials:
-                headers["Access-Control-Allow-Origin"] = origin
-        _add_vary_origin(headers)
+
+def _vary_origin_sender(send: Send) -> Send:
+    """`send` adding `Vary: Origin` to the response start: no Origin or a disallowed one."""
+
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            _add_vary_origin(_response_headers(message))
         await send(message)
+
+    return sender
+
+
+def _cors_sender(send: Send, cors: tuple[tuple[bytes, bytes], ...]) -> Send:
+    """`send` setting the `cors` headers (allowed origin) and `Vary: Origin`."""
+
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = _response_headers(message)
+            for name, value in cors:
+                _set_header(headers, name, value)
+            _add_vary_origin(headers)
+        await send(message)
+
+    return sender
 
 
 def cors_middleware(settings: Settings) -> Middleware:

@@ -74,6 +74,7 @@ _STRIPPED = frozenset({b"server", b"x-powered-by"})
 _CONTENT_TYPE = b"content-type"
 _CACHE_CONTROL = b"cache-control"
 _NO_STORE = (b"cache-control", b"no-store")
+_MEMO_SIZE = 256
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -156,13 +157,18 @@ class SecurityHeadersMiddleware:
                     headers[name] = value
             return _encode((name, value) for name, value in headers.items() if value)
 
-        # (is_json, is_https) -> headers; both lookups are booleans, so no per-request building.
-        self._sets: dict[tuple[bool, bool], tuple[tuple[bytes, bytes], ...]] = {
-            (is_json, is_https): build(data if is_json else document, is_https or hsts_over_http)
-            for is_json in (False, True)
-            for is_https in (False, True)
-        }
+        # (is_json, is_https) -> (headers, their names); both lookups are booleans, so no
+        # per-request building. The names let a response that sets none of them take the
+        # whole prepared tuple in one extend.
+        self._sets: dict[tuple[bool, bool], tuple[tuple[tuple[bytes, bytes], ...], frozenset[bytes]]]
+        self._sets = {}
+        for is_json in (False, True):
+            for is_https in (False, True):
+                prepared = build(data if is_json else document, is_https or hsts_over_http)
+                self._sets[is_json, is_https] = (prepared, frozenset(n for n, _ in prepared))
         self._no_store = no_store_authenticated
+        # Raw Content-Type value -> is JSON: a handful of distinct values in practice.
+        self._json_types: dict[bytes, bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,22 +185,40 @@ class SecurityHeadersMiddleware:
     def _headers(
         self, scope: Scope, raw: Iterable[tuple[bytes, bytes]]
     ) -> list[tuple[bytes, bytes]]:
+        # A plain loop: on 3.11 a comprehension costs a function call, which dominates for
+        # the two or three headers a typical response carries.
         headers: list[tuple[bytes, bytes]] = []
         present: set[bytes] = set()
-        is_json = True  # no body type: nothing to render, so the strict set
+        content_type: bytes | None = None
         for name, value in raw:
             lname = name.lower()
             if lname in _STRIPPED:
                 continue
             if lname == _CONTENT_TYPE:
-                is_json = _is_json(value)
+                content_type = value
             present.add(lname)
             headers.append((name, value))
-        is_https = scope.get("scheme") == "https"
-        headers.extend(h for h in self._sets[is_json, is_https] if h[0] not in present)
+        if content_type is None:
+            is_json = True  # no body type: nothing to render, so the strict set
+        else:
+            cached = self._json_types.get(content_type)
+            if cached is None:
+                cached = _is_json(content_type)
+                if len(self._json_types) >= _MEMO_SIZE:
+                    self._json_types.clear()  # bounded, whatever values the app sends
+                self._json_types[content_type] = cached
+            is_json = cached
+        prepared, prepared_names = self._sets[is_json, scope.get("scheme") == "https"]
+        if present.isdisjoint(prepared_names):
+            headers.extend(prepared)
+        else:
+            headers.extend(h for h in prepared if h[0] not in present)
         if self._no_store and _CACHE_CONTROL not in present:
             state: Any = scope.get("state")
-            if isinstance(state, Mapping) and state.get("authenticated") is True:
+            # `type(...) is dict` first: the usual case, and far cheaper than the ABC check.
+            if (type(state) is dict or isinstance(state, Mapping)) and state.get(
+                "authenticated"
+            ) is True:
                 headers.append(_NO_STORE)
         return headers
 

@@ -96,6 +96,20 @@ def parse_host_port(value: str) -> tuple[str, int] | None:
     return None if ip is None else (ip, port)
 
 
+# Hops and peers repeat (a handful of proxies, a steady set of clients) and parsing one costs
+# microseconds (ipaddress): cache the results, which are immutable. The length bound keeps
+# junk hops a client puts in X-Forwarded-For from filling the cache with long keys.
+_CACHED_MAX_LEN = 64
+_parse_host_port_cached = functools.lru_cache(maxsize=4096)(parse_host_port)
+_normalize_ip_cached = functools.lru_cache(maxsize=1024)(normalize_ip)
+
+
+def _parse_hop(value: str) -> tuple[str, int] | None:
+    if len(value) <= _CACHED_MAX_LEN:
+        return _parse_host_port_cached(value)
+    return parse_host_port(value)
+
+
 def _split_quoted(value: str, sep: str) -> list[str]:
     """Split on `sep` outside double-quoted strings (RFC 7230 quoted-string, with \\-escapes)."""
     parts: list[str] = []
@@ -167,7 +181,7 @@ class ProxyHeadersMiddleware:
             return
         peer = client[0]
         if ":" in peer and peer[:7].lower() == "::ffff:":
-            folded = normalize_ip(peer)
+            folded = _normalize_ip_cached(peer) if len(peer) <= _CACHED_MAX_LEN else normalize_ip(peer)
             if folded is not None:
                 peer = folded
                 scope["client"] = (peer, client[1])
@@ -185,10 +199,10 @@ class ProxyHeadersMiddleware:
     def _pick(self, hosts: list[str]) -> tuple[int, tuple[str, int] | None]:
         """Index of the client hop and its parsed address (None when malformed)."""
         for index in range(len(hosts) - 1, -1, -1):
-            parsed = parse_host_port(hosts[index])
+            parsed = _parse_hop(hosts[index])
             if parsed is None or not self._trusted(parsed[0]):
                 return index, parsed
-        return 0, parse_host_port(hosts[0])
+        return 0, _parse_hop(hosts[0])
 
     def _x_forwarded_hops(self, scope: Scope) -> tuple[tuple[str, int] | None, str | None] | None:
         xff: list[bytes] = []

@@ -35,7 +35,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from random import getrandbits
@@ -66,6 +66,11 @@ _MAX_USER_AGENT = 512
 # POSIX guarantees writes up to PIPE_BUF bytes to a pipe are not interleaved with other writers.
 _PIPE_BUF = 4096
 _OPTIONS = orjson.OPT_APPEND_NEWLINE
+# Module-level aliases: one global lookup on the hot path instead of a global plus an attribute.
+_is_valid_id = _VALID_REQUEST_ID.fullmatch
+_perf_counter = time.perf_counter
+_time = time.time
+_dumps = orjson.dumps
 
 
 class _Writable(Protocol):
@@ -78,8 +83,9 @@ def is_valid_request_id(value: bytes) -> bool:
 
 def new_request_id() -> str:
     # 128 random bits. Not secret, only unique: the random module is several times cheaper than
-    # os.urandom or uuid4 and reseeds itself in forked workers.
-    return f"{getrandbits(128):032x}"
+    # os.urandom or uuid4 and reseeds itself in forked workers. bytes.hex() is the same 32
+    # lower-case digits as f"{n:032x}" at less than half the cost.
+    return getrandbits(128).to_bytes(16, "big").hex()
 
 
 @lru_cache(maxsize=8192)
@@ -240,7 +246,7 @@ class RequestLogMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started = _perf_counter()
         raw_id: bytes | None = None
         user_agent: bytes | None = None
         for name, value in scope["headers"]:
@@ -248,7 +254,7 @@ class RequestLogMiddleware:
                 raw_id = value
             elif name == b"user-agent":
                 user_agent = value
-        if raw_id is not None and is_valid_request_id(raw_id):
+        if raw_id is not None and _is_valid_id(raw_id) is not None:
             request_id = raw_id.decode("ascii")
         else:
             request_id = new_request_id()
@@ -258,11 +264,11 @@ class RequestLogMiddleware:
         header = (REQUEST_ID_HEADER, raw_id)
 
         if not self.access_log:
-
-            async def send_with_id(message: Message) -> None:
+            # A plain function returning send's awaitable: no coroutine of our own per message.
+            def send_with_id(message: Message) -> Awaitable[None]:
                 if message["type"] == "http.response.start":
                     message["headers"] = [*message.get("headers", ()), header]
-                await send(message)
+                return send(message)
 
             await self.app(scope, receive, send_with_id)
             return
@@ -270,14 +276,15 @@ class RequestLogMiddleware:
         status = 0
         size = 0
 
-        async def send_logged(message: Message) -> None:
+        def send_logged(message: Message) -> Awaitable[None]:
             nonlocal status, size
-            if message["type"] == "http.response.body":
+            kind = message["type"]
+            if kind == "http.response.body":
                 size += len(message.get("body", b""))
-            elif message["type"] == "http.response.start":
+            elif kind == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_logged)
@@ -285,9 +292,44 @@ class RequestLogMiddleware:
             if not status:
                 status = 500
             raise
-        # Cancellation (the client went away) leaves status 0, logged as 499 below.
         finally:
-            self._log(scope, state, request_id, user_agent, status or 499, size, started)
+            # Inline rather than a method: a call with this many arguments is a measurable
+            # share of the middleware's cost.
+            # Microseconds truncated, as milliseconds; round(x, 3) costs more than the whole dict.
+            duration_ms = int((_perf_counter() - started) * 1_000_000) / 1000
+            # Cancellation (the client went away) leaves status 0, logged as 499.
+            status = status or 499
+            client = scope.get("client")
+            method = scope["method"]
+            template = getattr(scope.get("route"), "path", None)
+            # One dict display in the final key order, then the rare absent fields deleted:
+            # cheaper than inserting the keys one by one; orjson keeps the insertion order.
+            line: dict[str, Any] = {
+                "timestamp": utc_timestamp(_time()),
+                "level": "ERROR" if status >= 500 else "INFO",
+                "logger": "stalwart.access",
+                "request.id": request_id,
+                "client.address": (anonymize_ip(client[0]) if self.anonymize else client[0])
+                if client
+                else None,
+                "http.request.method": method,
+                "http.route": template,
+                "url.path": scope["path"],
+                "http.response.status_code": status,
+                "duration_ms": duration_ms,
+                # The server drops a HEAD response's body, whatever the app sent.
+                "http.response.body.size": size if method != "HEAD" else 0,
+            }
+            if not client:
+                del line["client.address"]
+            if template is None:
+                del line["http.route"]
+            if user_agent is not None:
+                line["user_agent.original"] = user_agent[:_MAX_USER_AGENT].decode("latin-1")
+            account_id = state.get("account_id")
+            if account_id is not None:
+                line["account.id"] = account_id
+            self.sink(_dumps(line, option=_OPTIONS, default=str))
 
     def _flushing_send(self, send: Send) -> Send:
         flush = self.flush
@@ -299,41 +341,3 @@ class RequestLogMiddleware:
             await send(message)
 
         return send_after_flush
-
-    def _log(
-        self,
-        scope: Scope,
-        state: dict[str, Any],
-        request_id: str,
-        user_agent: bytes | None,
-        status: int,
-        size: int,
-        started: float,
-    ) -> None:
-        # Microseconds truncated, as milliseconds; round(x, 3) costs more than the whole dict.
-        duration_ms = int((time.perf_counter() - started) * 1_000_000) / 1000
-        line: dict[str, Any] = {
-            "timestamp": utc_timestamp(time.time()),
-            "level": "ERROR" if status >= 500 else "INFO",
-            "logger": "stalwart.access",
-            "request.id": request_id,
-        }
-        client = scope.get("client")
-        if client:
-            line["client.address"] = anonymize_ip(client[0]) if self.anonymize else client[0]
-        line["http.request.method"] = scope["method"]
-        route = scope.get("route")
-        template = getattr(route, "path", None)
-        if template is not None:
-            line["http.route"] = template
-        line["url.path"] = scope["path"]
-        line["http.response.status_code"] = status
-        line["duration_ms"] = duration_ms
-        # The server drops a HEAD response's body, whatever the app sent.
-        line["http.response.body.size"] = size if scope["method"] != "HEAD" else 0
-        if user_agent is not None:
-            line["user_agent.original"] = user_agent[:_MAX_USER_AGENT].decode("latin-1")
-        account_id = state.get("account_id")
-        if account_id is not None:
-            line["account.id"] = account_id
-        self.sink(orjson.dumps(line, option=_OPTIONS, default=str))

@@ -62,8 +62,11 @@ class ShutdownMiddleware:
             return
         state = self.state
 
+        # Wrapped even while not draining: a request already running when the signal arrives
+        # must still answer `Connection: close`. The flag is read first, so outside a drain
+        # each message costs one attribute read.
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start" and state.draining:
+            if state.draining and message["type"] == "http.response.start":
                 headers = [
                     (key, value)
                     for key, value in message.get("headers", ())
