@@ -329,6 +329,44 @@ async def test_buffered_chunks_are_replayed_whole() -> None:
     assert seen.bodies == [b'{"a": "' + b"x" * 100 + b'"}']
 
 
+@pytest.mark.parametrize(
+    ("http_version", "headers", "unwrapped"),
+    [
+        ("1.1", [(b"host", b"x"), (b"user-agent", b"t")], True),
+        ("1.0", [], True),
+        ("1.1", [(b"content-length", b"0")], True),
+        ("2", [(b"content-length", b"0")], True),
+        # HTTP/2 can stream a body without any length header: it must still be counted.
+        ("2", [(b"host", b"x")], False),
+        ("1.1", [(b"content-length", b"5")], False),
+    ],
+)
+async def test_bodyless_request_gets_the_servers_own_receive_and_send(
+    http_version: str, headers: list[tuple[bytes, bytes]], unwrapped: bool
+) -> None:
+    got: list[tuple[Receive, Send]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        got.append((receive, send))
+
+    async def receive() -> Message:  # pragma: no cover
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:  # pragma: no cover
+        pass
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/raw",
+        "http_version": http_version,
+        "headers": headers,
+    }
+    await BodyLimitMiddleware(app)(scope, receive, send)
+    assert len(got) == 1
+    assert (got[0][0] is receive and got[0][1] is send) is unwrapped
+
+
 async def test_disconnect_while_buffering_sends_nothing() -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover
         raise AssertionError("the app must not run")

@@ -46,6 +46,8 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
 _FOLD = bytes.maketrans(b"{}", b"[]")
 _JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _ACCEPT_JSON = (b"accept", b"application/json")
+_BODY_HEADERS = frozenset({b"content-length", b"content-type", b"transfer-encoding"})
+_HTTP1 = frozenset({"1.0", "1.1"})
 
 
 class BodyTooLarge(HTTPException):
@@ -103,21 +105,30 @@ class BodyLimitMiddleware:
         content_type: bytes | None = None
         chunked = False
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                content_length = int(value) if value.isdigit() else None
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"transfer-encoding":
-                chunked = True
-        if content_length is not None and content_length > self.max_body_bytes:
+            # One set lookup skips the headers of no interest here (nearly all of them).
+            if name in _BODY_HEADERS:
+                if name == b"content-length":
+                    content_length = int(value) if value.isdigit() else None
+                elif name == b"content-type":
+                    content_type = value
+                else:
+                    chunked = True
+        if not chunked:
+            if content_length is None:
+                # HTTP/1.x without a length or chunking has no body (a GET, nearly always):
+                # the app gets the server's own receive, nothing wrapped. HTTP/2 may stream a
+                # body anyway, so it is counted below.
+                if scope.get("http_version") in _HTTP1:
+                    await self.app(scope, receive, send)
+                    return
+            elif content_length > self.max_body_bytes:
+                await self._too_large(scope, send)
+                return
+            elif content_length == 0:
+                await self.app(scope, receive, send)
+                return
+        elif content_length is not None and content_length > self.max_body_bytes:
             await self._too_large(scope, send)
-            return
-        if not chunked and (
-            content_length == 0
-            # HTTP/1.x without a length or chunking has no body; HTTP/2 may stream one anyway.
-            or (content_length is None and scope.get("http_version") in ("1.0", "1.1"))
-        ):
-            await self.app(scope, receive, send)
             return
         if scope["method"] in _JSON_METHODS and scope["path"].startswith(self.json_path_prefixes):
             if content_type is not None and _is_json(content_type):

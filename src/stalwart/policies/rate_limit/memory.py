@@ -24,6 +24,10 @@ from stalwart.policies.rate_limit.policy import Decision, Policy
 
 __all__ = ["MemoryBackend"]
 
+# A NamedTuple's __new__ is Python code checking its arguments; the tuple constructor with all
+# five fields builds the same Decision at about half the cost, on every request.
+_decision = tuple.__new__
+
 
 class _Window:
     __slots__ = ("count", "reset")
@@ -62,12 +66,13 @@ class MemoryBackend:
         self.hits += 1
         STATS.hits += 1
         count = window.count
-        if count < policy.limit:
+        limit = policy.limit
+        if count < limit:
             window.count = count = count + 1
-            return Decision(True, policy.limit - count, window.reset - now, policy)
+            return _decision(Decision, (True, limit - count, window.reset - now, policy, False))
         self.rejections += 1
         STATS.rejections += 1
-        return Decision(False, 0, window.reset - now, policy)
+        return _decision(Decision, (False, 0, window.reset - now, policy, False))
 
     def _open(self, key: str, policy: Policy, now: float) -> _Window:
         queue = self._expiry.get(policy.window)
