@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
     from stalwart.ops.scheduler import Lifecycle
 
 __all__ = ["Resources"]
+
+logger = logging.getLogger("stalwart.resources")
+_CLOSE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -94,12 +99,22 @@ class Resources:
         # --- end data lifecycle hook ---
 
     async def close(self) -> None:
+        # Each step is bounded: a dependency that stalls (a lock renewal waiting on Redis, a
+        # pool waiting for a connection) must not keep a stopping process alive.
         # --- data lifecycle hook: stop the jobs before the database closes ---
         if self.lifecycle is not None:
-            await self.lifecycle.close()
+            await _bounded("scheduled jobs", self.lifecycle.close())
         # --- end data lifecycle hook ---
         if self.monitoring is not None:
-            await self.monitoring.stop()
-        await self.db.close()
+            await _bounded("monitoring", self.monitoring.stop())
+        await _bounded("database", self.db.close())
         if self.redis is not None:
-            await self.redis.aclose()
+            await _bounded("redis", self.redis.aclose())
+
+
+async def _bounded(name: str, step: Awaitable[None]) -> None:
+    timeout = _CLOSE_TIMEOUT
+    try:
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        logger.error("shutdown: closing %s took over %.1f s; abandoned", name, timeout)

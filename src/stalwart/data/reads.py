@@ -244,7 +244,12 @@ class AsyncpgReads:
 
     async def close(self) -> None:
         if self.pool is not None:
-            await self.pool.close()
+            try:
+                # close() waits for every connection to be released; a stuck one must not
+                # hold the process: terminate what is left after a short grace period.
+                await asyncio.wait_for(self.pool.close(), 3.0)
+            except TimeoutError:
+                self.pool.terminate()
 
     def pool_status(self) -> dict[str, int]:
         if self.pool is None:

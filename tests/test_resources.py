@@ -1,0 +1,36 @@
+"""Closing the process resources never hangs on a stalled dependency."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from stalwart.resources import Resources
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_stalled_step_is_abandoned_after_its_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resources = Resources.create(make_settings(tmp_path))
+    await resources.start()
+    assert resources.monitoring is not None
+
+    async def stalled() -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(resources.monitoring, "stop", stalled)
+    monkeypatch.setattr("stalwart.resources._CLOSE_TIMEOUT", 0.2)
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="stalwart.resources"):
+        await resources.close()
+    assert time.monotonic() - started < 3
+    assert [r.getMessage() for r in caplog.records if r.name == "stalwart.resources"] == [
+        "shutdown: closing monitoring took over 0.2 s; abandoned"
+    ]
