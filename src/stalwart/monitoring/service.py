@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from stalwart import __version__
+from stalwart.background import cancel_all
 from stalwart.monitoring.aggregate import MergedMetrics
 from stalwart.monitoring.alerts import AlertBoard, alert_rules
 from stalwart.monitoring.health import HealthChecker
@@ -137,11 +138,7 @@ class Monitoring:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.share.remove(self.instance_id), 1.0)
         await self.health.close()

@@ -9,7 +9,6 @@ scheduled run also checks the audit trail for the job's last run, so an instance
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio.to_thread
 from sqlalchemy import func, select
 
+from stalwart.background import cancel_all
 from stalwart.data.models import AuditEvent
 from stalwart.data.types import utcnow
 from stalwart.ops.archive import ArchiveError
@@ -63,11 +63,7 @@ class Lifecycle:
 
     async def close(self) -> None:
         tasks = [*self.loops, *([self.backup_task] if self.backup_task else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         self.loops.clear()
         self.backup_task = None
 
