@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from stalwart import __version__
-from stalwart.api import router as api_router
+from stalwart.api import include_api
 from stalwart.api.docs import swagger_assets
 from stalwart.api.openapi import install_openapi
 from stalwart.policies.stack import install_policies
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.resources = resources
-    app.include_router(api_router)
+    include_api(app)
     app.mount("/docs/assets", swagger_assets(), name="docs-assets")
     mount_static(app, static_directory(settings))  # /static, policies/static.py
     install_openapi(app)

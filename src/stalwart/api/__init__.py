@@ -1,12 +1,19 @@
 """The reference API, versioned under /api/v1."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, FastAPI
 
-from stalwart.api import accounts, admin, auth, dashboard, docs, health, me, monitor, notes, trash
+from stalwart.api import accounts, admin, admin_data, auth, dashboard, docs, health, me, monitor, notes, trash
 from stalwart.api.params import refuse_nul
 
-__all__ = ["router"]
+__all__ = ["include_api"]
 
-router = APIRouter(dependencies=[Depends(refuse_nul)])  # every operation: see api/params.py
-for _module in (health, accounts, auth, me, notes, trash, admin, docs, monitor, dashboard):
-    router.include_router(_module.router)
+# Included one by one into the app rather than through an aggregate router: each level of
+# included router is one more routing pass per request in this FastAPI version.
+ROUTERS: tuple[APIRouter, ...] = tuple(
+    m.router for m in (health, accounts, auth, me, notes, trash, admin, admin_data, docs, monitor, dashboard)
+)
+
+
+def include_api(app: FastAPI) -> None:
+    for router in ROUTERS:
+        app.include_router(router, dependencies=[Depends(refuse_nul)])  # see api/params.py

@@ -8,7 +8,6 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from stalwart.api.admin_data import router as data_router
 from stalwart.api.deps import Admin, Session
 from stalwart.api.responses import errors
 from stalwart.api.schemas import AdminAccountOut, ListPage
@@ -17,8 +16,6 @@ from stalwart.data.models import Account
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
-# Audit trail and backups (stalwart.api.admin_data), under the same prefix.
-router.include_router(data_router)
 
 
 @router.get(

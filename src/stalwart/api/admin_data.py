@@ -24,7 +24,7 @@ from stalwart.ops.backup import ARCHIVE_NAME, list_archives
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
 
 @router.get(
