@@ -140,6 +140,8 @@ def uvicorn_log_config(settings: Settings, stream: IO[str] | str | None = None) 
             # Replaced by policies/request_log.py; silent even without uvicorn's access_log=False.
             "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
             **{name: {"level": quiet} for name in _QUIET_LOGGERS},
+            # Seven lines per start-up about its own plugins; its migration steps stay at INFO.
+            "alembic.runtime.plugins": {"level": "WARNING"},
         },
     }
 
