@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stalwart.app import create_app
 from stalwart.ops.admins import create_or_promote_admin
-from tests.conftest import REDIS_URL, make_settings, signup
+from tests.conftest import REDIS_URL, captured_records, make_settings, signup
 
 pytestmark = pytest.mark.anyio
 
@@ -54,20 +54,8 @@ def app_client(tmp_path: Path, database_url: str) -> AppClient:
 def alert_lines() -> Iterator[list[logging.LogRecord]]:
     """Records of the `stalwart.alerts` logger (a handler of its own: independent of the
     logging configuration other tests may have applied)."""
-    records: list[logging.LogRecord] = []
-
-    class ListHandler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    logger = logging.getLogger("stalwart.alerts")
-    handler = ListHandler(logging.DEBUG)
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+    with captured_records("stalwart.alerts") as records:
+        yield records
 
 
 def lines_for(records: list[logging.LogRecord], name: str) -> list[tuple[str, str]]:

@@ -13,27 +13,15 @@ import httpx
 import pytest
 
 from stalwart.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import captured_records, make_settings
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def metric_lines() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-
-    class ListHandler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    logger = logging.getLogger("stalwart.metrics")
-    handler = ListHandler(logging.DEBUG)
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+    with captured_records("stalwart.metrics") as records:
+        yield records
 
 
 async def test_performance_figures_are_logged_periodically(

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from stalwart.app import create_app
 from stalwart.monitoring.share import FolderShare, RedisShare
-from tests.conftest import REDIS_URL, make_settings
+from tests.conftest import REDIS_URL, captured_records, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -75,20 +75,8 @@ async def test_redis_share_reads_live_keys_of_others(redis: Redis) -> None:
 
 @pytest.fixture
 def alert_lines() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-
-    class ListHandler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    logger = logging.getLogger("stalwart.alerts")
-    handler = ListHandler(logging.DEBUG)
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+    with captured_records("stalwart.alerts") as records:
+        yield records
 
 
 @asynccontextmanager
