@@ -4,6 +4,7 @@ database snapshots, and the payload lists."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from urllib.parse import unquote
 import anyio
 import httpx
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 
 from stalwart.app import create_app
@@ -24,9 +26,11 @@ from tests.conftest import Account as TestAccount
 __all__ = [
     "INJECTION_PAYLOADS",
     "PEER",
+    "PLACEHOLDER",
     "RawResponse",
     "audit_events",
     "client_at",
+    "concrete_paths",
     "db_snapshot",
     "make_admin",
     "problem_sans_ids",
@@ -190,3 +194,18 @@ async def raw_request(
 
     await app(scope, receive, send)
     return response
+
+
+# A well-formed id that names nothing: path parameters are filled with it.
+PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
+
+
+def concrete_paths(app: FastAPI) -> list[str]:
+    paths: set[str] = set()
+    for route in iter_route_contexts(app.routes):
+        path = route.path
+        assert path is not None
+        if route.methods is None:  # a mount: ask for a file inside it
+            path += "/swagger-ui.css" if path == "/docs/assets" else "/missing"
+        paths.add(re.sub(r"\{[^}]+\}", PLACEHOLDER, path))
+    return sorted(paths)

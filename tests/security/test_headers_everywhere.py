@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts
 
 from tests.conftest import signup
+from tests.security.helpers import concrete_paths
 
 pytestmark = [
     pytest.mark.anyio,
@@ -49,7 +47,6 @@ DOCUMENT_SET = {
     ),
     "x-frame-options": "SAMEORIGIN",
 }
-PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
 
 
 def assert_security_headers(response: httpx.Response) -> None:
@@ -63,17 +60,6 @@ def assert_security_headers(response: httpx.Response) -> None:
     assert "x-powered-by" not in response.headers, label
     for name in expected:
         assert len(response.headers.get_list(name)) == 1, f"{label}: {name} repeated"
-
-
-def concrete_paths(app: FastAPI) -> list[str]:
-    paths: set[str] = set()
-    for route in iter_route_contexts(app.routes):
-        path = route.path
-        assert path is not None
-        if route.methods is None:  # a mount: ask for a file inside it
-            path += "/swagger-ui.css" if path == "/docs/assets" else "/missing"
-        paths.add(re.sub(r"\{[^}]+\}", PLACEHOLDER, path))
-    return sorted(paths)
 
 
 async def test_every_route_answers_get_with_the_header_set(

@@ -19,16 +19,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts
 
 from stalwart.data.errors import DatabaseUnavailable
 from stalwart.settings import Settings
 from tests.conftest import Account, make_settings, signup
-from tests.security.helpers import make_admin
+from tests.security.helpers import concrete_paths, make_admin
 
 pytestmark = pytest.mark.anyio
 
-PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
 # What a stack trace, a driver message or a file path looks like in a response.
 LEAK_MARKERS = re.compile(
     r"Traceback|File \"|site-packages|\.py\b|line \d+, in|sqlalchemy|asyncpg|aiosqlite|psycopg|"
@@ -127,17 +125,6 @@ def assert_no_leak(r: httpx.Response, secrets: Secrets, *, extra: tuple[str, ...
         assert media_type == "application/problem+json", label
         assert set(r.json()) >= {"type", "title", "status", "detail", "instance", "request_id"}
         assert "traceback" not in r.json(), label
-
-
-def concrete_paths(app: FastAPI) -> list[str]:
-    paths: set[str] = set()
-    for route in iter_route_contexts(app.routes):
-        path = route.path
-        assert path is not None
-        if route.methods is None:  # a mount: ask for a file inside it
-            path += "/swagger-ui.css" if path == "/docs/assets" else "/missing"
-        paths.add(re.sub(r"\{[^}]+\}", PLACEHOLDER, path))
-    return sorted(paths)
 
 
 async def test_no_route_leaks_a_secret_to_anyone(
