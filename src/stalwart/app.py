@@ -54,6 +54,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served by stalwart.api.docs with self-hosted assets under a strict CSP
         redoc_url=None,
         debug=False,
+        telemetry={
+            "tracing": settings.opentelemetry,
+            "metrics": settings.opentelemetry,
+            "logs": settings.opentelemetry,
+        },
     )
     app.state.settings = settings
     app.state.resources = resources

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     # --- monitoring ----------------------------------------------------------------------------
     monitor_token: SecretStr | None = None
     metrics_enabled: bool = True
+    # FastAPI's native OpenTelemetry spans, metrics and logs. They need an OpenTelemetry SDK set up
+    # in the process (`opentelemetry-instrument`, not a Stalwart dependency). Off by default: the
+    # service has its own metrics and access log, and FastAPI would otherwise look the providers
+    # up (three environment reads) on every request, about 7 us each.
+    opentelemetry: bool = False
     health_cache_seconds: float = Field(default=1.0, ge=0)
     health_check_timeout: float = Field(default=1.0, gt=0)
     health_min_free_disk_mb: int = 200

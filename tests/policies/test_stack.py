@@ -86,3 +86,28 @@ async def test_install_policies_on_any_app(tmp_path: Path) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_every_response_of_the_stack_crosses_one_send_wrapper(tmp_path: Path) -> None:
+    """The layers share one Exchange: a 500 sent by the error layer (outside the limiter
+    and CORS) still carries what those inner layers recorded, and each header comes once."""
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    install_policies(app, make_settings(tmp_path, cors_origins="https://app.example.com"))
+
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 1234), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.get("/boom", headers={"Origin": "https://app.example.com", "Accept-Encoding": "identity"})
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["ratelimit"].startswith('"')
+    assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert r.headers.get_list("vary") == ["Origin, Accept-Encoding"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert len(r.headers.get_list("x-request-id")) == 1
+

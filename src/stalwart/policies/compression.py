@@ -31,6 +31,7 @@ import brotli
 import zstandard
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stalwart.policies.exchange import Exchange, RawHeaders, watch
 from stalwart.settings import Settings
 
 __all__ = [
@@ -200,25 +201,13 @@ def _header_tokens(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[
     ]
 
 
-_VARY = (b"vary", b"Accept-Encoding")
+_ACCEPT_ENCODING = b"Accept-Encoding"
 # Verdicts of `CompressionMiddleware._inspect` on a response start.
 _NOT_CANDIDATE = 0  # coding never depends on the request: leave the response alone
-_CANDIDATE = 1  # coding depends on the request; the response has no Vary yet
-_CANDIDATE_VARY = 2  # coding depends on the request; the response has a Vary already
+_CANDIDATE = 1  # coding depends on the request
 # Bounds on the per-instance memo dicts: cleared when full, so hostile header values
 # cannot grow them without limit.
 _MEMO_SIZE = 512
-
-
-def _add_vary(headers: list[tuple[bytes, bytes]]) -> None:
-    tokens = _header_tokens(headers, b"vary")
-    if b"*" in tokens or b"accept-encoding" in tokens:
-        return
-    for index, (key, value) in enumerate(headers):
-        if key.lower() == b"vary":
-            headers[index] = (key, value + b", Accept-Encoding")
-            return
-    headers.append((b"vary", b"Accept-Encoding"))
 
 
 def _without(headers: list[tuple[bytes, bytes]], name: bytes) -> list[tuple[bytes, bytes]]:
@@ -301,17 +290,14 @@ class CompressionMiddleware:
         return result
 
     def _inspect(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> int:
-        """Whether a response's coding can depend on the request, and whether it has a Vary."""
+        """Whether a response's coding can depend on the request."""
         if status < 200 or status in _NO_BODY_STATUSES or status == 206:
             return _NOT_CANDIDATE
         content_type = b""
-        verdict = _CANDIDATE
         for key, value in headers:
             name = key.lower()
             if name == b"content-type":
                 content_type = value
-            elif name == b"vary":
-                verdict = _CANDIDATE_VARY
             elif name == b"content-encoding":
                 if value.strip().lower() != b"identity":
                     return _NOT_CANDIDATE
@@ -322,50 +308,47 @@ class CompressionMiddleware:
         compressible = self._compressible.get(content_type)
         if compressible is None:
             compressible = self._is_compressible(content_type)
-        return verdict if compressible else _NOT_CANDIDATE
+        return _CANDIDATE if compressible else _NOT_CANDIDATE
 
-    def _with_vary(self, message: Message) -> list[tuple[bytes, bytes]] | None:
-        """The start message's headers with `Vary: Accept-Encoding`, or None to leave it as is.
+    def _candidate_headers(
+        self, message: Message, exchange: Exchange
+    ) -> list[tuple[bytes, bytes]] | None:
+        """A copy of the start's headers when its coding depends on the request, else None.
 
-        Always a new list: the app may send a header list it keeps and reuses.
+        A candidate gets `Vary: Accept-Encoding` (through the exchange, which merges it with
+        the other layers' Vary tokens). Always a new list: the app may reuse the one it sent.
         """
         headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
         if not isinstance(headers, list | tuple):
             headers = list(headers)  # read twice below: a one-shot iterable would run dry
-        verdict = self._inspect(message["status"], headers)
-        if verdict == _CANDIDATE:
-            return [*headers, _VARY]
-        if verdict == _CANDIDATE_VARY:
-            merged = list(headers)
-            _add_vary(merged)
-            return merged
-        return None
+        if self._inspect(message["status"], headers) == _NOT_CANDIDATE:
+            return None
+        exchange.vary.append(_ACCEPT_ENCODING)
+        return list(headers)
+
+    def _vary_hook(self, exchange: Exchange, headers: RawHeaders) -> None:
+        if self._inspect(exchange.status, headers) != _NOT_CANDIDATE:
+            exchange.vary.append(_ACCEPT_ENCODING)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        exchange, send = watch(scope, send)
         coding = self._coding_for(scope)
         if coding is not None:
-            responder = _Responder(self, send, coding, is_head=scope["method"] == "HEAD")
+            responder = _Responder(self, send, exchange, coding, is_head=scope["method"] == "HEAD")
             await self.app(scope, receive, responder.send)
             return
-
-        # Nothing to compress: the only job is `Vary` on the start; bodies pass straight on.
-        async def send_vary(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = self._with_vary(message)
-                if headers is not None:
-                    message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_vary)
+        # Nothing to compress: the only job is `Vary` on the start, a hook on the exchange.
+        exchange.hooks.append(self._vary_hook)
+        await self.app(scope, receive, send)
 
 
 class _Responder:
     """Per-request state: holds `http.response.start` until the body says what to do."""
 
-    __slots__ = ("coding", "encoder", "is_head", "mw", "pending", "state", "upstream")
+    __slots__ = ("coding", "encoder", "exchange", "is_head", "mw", "pending", "state", "upstream")
 
     # states
     PASS = 0  # forward everything unchanged
@@ -373,10 +356,17 @@ class _Responder:
     STREAM = 2  # compressing
 
     def __init__(
-        self, mw: CompressionMiddleware, send: Send, coding: str | None, *, is_head: bool
+        self,
+        mw: CompressionMiddleware,
+        send: Send,
+        exchange: Exchange,
+        coding: str | None,
+        *,
+        is_head: bool,
     ) -> None:
         self.mw = mw
         self.upstream = send
+        self.exchange = exchange
         self.coding = coding
         self.is_head = is_head
         self.pending: Message | None = None
@@ -403,7 +393,7 @@ class _Responder:
             await self.upstream(message)
 
     async def _start(self, message: Message) -> None:
-        headers = self.mw._with_vary(message)
+        headers = self.mw._candidate_headers(message, self.exchange)
         if headers is None:
             await self.upstream(message)
             return

@@ -30,8 +30,9 @@ from collections.abc import Collection
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stalwart.policies.exchange import Exchange, RawHeaders, watch
 from stalwart.policies.problem import problem_type, send_problem
 from stalwart.settings import Settings
 
@@ -54,7 +55,7 @@ class CORSConfigurationError(ValueError):
     """The CORS configuration is unsafe; raised at start-up."""
 
 
-RawHeaders = list[tuple[bytes, bytes]]
+_ORIGIN = b"Origin"
 
 
 def _set_header(headers: RawHeaders, name: bytes, value: bytes) -> None:
@@ -66,26 +67,6 @@ def _set_header(headers: RawHeaders, name: bytes, value: bytes) -> None:
     for index in reversed(found[1:]):
         del headers[index]
     headers[found[0]] = (name, value)
-
-
-def _add_vary_origin(headers: RawHeaders) -> None:
-    found = [index for index, (key, _) in enumerate(headers) if key == b"vary"]
-    if not found:
-        # The common case (the app set no Vary): no decoding, no token parsing.
-        headers.append((b"vary", b"Origin"))
-        return
-    values = [headers[index][1].decode("latin-1") for index in found]
-    tokens = {token.strip().lower() for value in values for token in value.split(",")}
-    if "origin" not in tokens and "*" not in tokens:
-        _set_header(headers, b"vary", ", ".join([*values, "Origin"]).encode("latin-1"))
-
-
-def _response_headers(message: Message) -> RawHeaders:
-    # Like MutableHeaders(scope=message): a fresh list, so a list the app shares (say a
-    # Response's raw_headers) is never mutated in place.
-    headers: RawHeaders = list(message.get("headers", ()))
-    message["headers"] = headers
-    return headers
 
 
 class StrictCORSMiddleware(CORSMiddleware):
@@ -139,8 +120,10 @@ class StrictCORSMiddleware(CORSMiddleware):
             if name == b"origin":
                 raw_origin = value
                 break
+        exchange, send = watch(scope, send)
         if raw_origin is None:
-            await self.app(scope, receive, _vary_origin_sender(send))
+            exchange.vary.append(_ORIGIN)
+            await self.app(scope, receive, send)
             return
         origin = raw_origin.decode("latin-1")
         if scope["method"] == "OPTIONS":
@@ -148,13 +131,20 @@ class StrictCORSMiddleware(CORSMiddleware):
             if "access-control-request-method" in headers:
                 await self._preflight(scope, receive, send, headers, origin)
                 return
+        exchange.vary.append(_ORIGIN)
         if not self.is_allowed_origin(origin):
-            await self.app(scope, receive, _vary_origin_sender(send))
+            await self.app(scope, receive, send)
             return
         cors = self._simple_raw
         if self._explicit_origin:
             cors = (*cors, (b"access-control-allow-origin", raw_origin))
-        await self.app(scope, receive, _cors_sender(send, cors))
+
+        def set_cors_headers(exchange: Exchange, headers: RawHeaders) -> None:
+            for name, value in cors:
+                _set_header(headers, name, value)
+
+        exchange.hooks.append(set_cors_headers)
+        await self.app(scope, receive, send)
 
     async def _preflight(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, origin: str
@@ -181,31 +171,6 @@ class StrictCORSMiddleware(CORSMiddleware):
             type_=problem_type("cors-preflight-rejected"),
             headers=cors,
         )
-
-
-def _vary_origin_sender(send: Send) -> Send:
-    """`send` adding `Vary: Origin` to the response start: no Origin or a disallowed one."""
-
-    async def sender(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            _add_vary_origin(_response_headers(message))
-        await send(message)
-
-    return sender
-
-
-def _cors_sender(send: Send, cors: tuple[tuple[bytes, bytes], ...]) -> Send:
-    """`send` setting the `cors` headers (allowed origin) and `Vary: Origin`."""
-
-    async def sender(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = _response_headers(message)
-            for name, value in cors:
-                _set_header(headers, name, value)
-            _add_vary_origin(headers)
-        await send(message)
-
-    return sender
 
 
 def cors_middleware(settings: Settings) -> Middleware:

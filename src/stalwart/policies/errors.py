@@ -11,9 +11,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stalwart.data.errors import UNAVAILABLE_ERRORS
+from stalwart.policies.exchange import watch
 from stalwart.policies.problem import PROBLEM_CONTENT_TYPE, problem_body, problem_type, send_problem
 from stalwart.settings import Settings
 
@@ -136,16 +137,9 @@ class ErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        exchange, send = watch(scope, send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send)
         except Exception as exc:
             state = scope.get("state") or {}
             logger.error(
@@ -153,7 +147,7 @@ class ErrorMiddleware:
                 exc_info=exc,
                 extra={"request.id": state.get("request_id"), "url.path": scope.get("path")},
             )
-            if started:
+            if exchange.status:
                 # Headers are gone; the server will close the connection mid-body.
                 raise
             extra = None

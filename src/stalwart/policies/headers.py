@@ -21,7 +21,8 @@ before the route runs): a docs page can send its own nonce-based CSP.
 in production an HTTP response carrying it means TLS is not where it should be.
 
 All header tuples are built once in `__init__`; per request the middleware only picks one
-of four prepared lists.
+of four prepared lists, in a hook on the request's shared response watcher
+(policies/exchange.py) rather than a `send` wrapper of its own.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stalwart.policies.exchange import Exchange, RawHeaders, watch
 from stalwart.settings import Settings
 
 __all__ = [
@@ -174,30 +176,26 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        exchange, send = watch(scope, send)
+        exchange.hooks.append(self._on_start)
+        await self.app(scope, receive, send)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = self._headers(scope, message.get("headers", ()))
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-    def _headers(
-        self, scope: Scope, raw: Iterable[tuple[bytes, bytes]]
-    ) -> list[tuple[bytes, bytes]]:
+    def _on_start(self, exchange: Exchange, headers: RawHeaders) -> None:
         # A plain loop: on 3.11 a comprehension costs a function call, which dominates for
         # the two or three headers a typical response carries.
-        headers: list[tuple[bytes, bytes]] = []
         present: set[bytes] = set()
         content_type: bytes | None = None
-        for name, value in raw:
+        stripped = False
+        for name, value in headers:
             lname = name.lower()
             if lname in _STRIPPED:
+                stripped = True
                 continue
             if lname == _CONTENT_TYPE:
                 content_type = value
             present.add(lname)
-            headers.append((name, value))
+        if stripped:
+            headers[:] = [header for header in headers if header[0].lower() not in _STRIPPED]
         if content_type is None:
             is_json = True  # no body type: nothing to render, so the strict set
         else:
@@ -208,6 +206,7 @@ class SecurityHeadersMiddleware:
                     self._json_types.clear()  # bounded, whatever values the app sends
                 self._json_types[content_type] = cached
             is_json = cached
+        scope = exchange.scope
         prepared, prepared_names = self._sets[is_json, scope.get("scheme") == "https"]
         if present.isdisjoint(prepared_names):
             headers.extend(prepared)
@@ -220,7 +219,6 @@ class SecurityHeadersMiddleware:
                 "authenticated"
             ) is True:
                 headers.append(_NO_STORE)
-        return headers
 
 
 def security_headers_middleware(settings: Settings) -> Middleware:

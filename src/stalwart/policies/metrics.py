@@ -15,13 +15,13 @@ built without it.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stalwart.monitoring.recorder import KNOWN_METHODS, UNMATCHED_ROUTE, RequestMetrics
+from stalwart.policies.exchange import watch
 from stalwart.settings import Settings
 
 __all__ = ["CLIENT_GONE_STATUS", "MetricsMiddleware", "metrics_middleware", "recorder_of"]
@@ -55,22 +55,14 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         recorder = self.recorder or self._resolve(scope)
-        status = 0
-
-        # A plain function returning send's awaitable: no coroutine of our own per message.
-        def send_status(message: Message) -> Awaitable[None]:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            return send(message)
-
+        exchange, send = watch(scope, send)
         recorder.in_flight += 1
         started = _perf_counter()
+        failed = False
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send)
         except Exception:
-            if not status:
-                status = 500
+            failed = True
             raise
         finally:
             duration = _perf_counter() - started
@@ -79,7 +71,7 @@ class MetricsMiddleware:
             recorder.record(
                 getattr(scope.get("route"), "path", UNMATCHED_ROUTE),
                 _method_label(scope["method"], "OTHER"),
-                status or CLIENT_GONE_STATUS,
+                exchange.status or (500 if failed else CLIENT_GONE_STATUS),
                 duration,
             )
 

@@ -35,7 +35,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from random import getrandbits
@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stalwart.policies.exchange import watch
 from stalwart.policies.timestamps import utc_timestamp
 from stalwart.settings import Settings
 
@@ -261,36 +262,17 @@ class RequestLogMiddleware:
             raw_id = request_id.encode("ascii")
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        header = (REQUEST_ID_HEADER, raw_id)
-
+        exchange, send = watch(scope, send)
+        exchange.headers.append((REQUEST_ID_HEADER, raw_id))
         if not self.access_log:
-            # A plain function returning send's awaitable: no coroutine of our own per message.
-            def send_with_id(message: Message) -> Awaitable[None]:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), header]
-                return send(message)
-
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send)
             return
 
-        status = 0
-        size = 0
-
-        def send_logged(message: Message) -> Awaitable[None]:
-            nonlocal status, size
-            kind = message["type"]
-            if kind == "http.response.body":
-                size += len(message.get("body", b""))
-            elif kind == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            return send(message)
-
+        failed = False
         try:
-            await self.app(scope, receive, send_logged)
+            await self.app(scope, receive, send)
         except Exception:
-            if not status:
-                status = 500
+            failed = True  # logged as 500 unless a response had started
             raise
         finally:
             # Inline rather than a method: a call with this many arguments is a measurable
@@ -298,7 +280,7 @@ class RequestLogMiddleware:
             # Microseconds truncated, as milliseconds; round(x, 3) costs more than the whole dict.
             duration_ms = int((_perf_counter() - started) * 1_000_000) / 1000
             # Cancellation (the client went away) leaves status 0, logged as 499.
-            status = status or 499
+            status = exchange.status or (500 if failed else 499)
             client = scope.get("client")
             method = scope["method"]
             template = getattr(scope.get("route"), "path", None)
@@ -318,7 +300,7 @@ class RequestLogMiddleware:
                 "http.response.status_code": status,
                 "duration_ms": duration_ms,
                 # The server drops a HEAD response's body, whatever the app sent.
-                "http.response.body.size": size if method != "HEAD" else 0,
+                "http.response.body.size": exchange.body_size if method != "HEAD" else 0,
             }
             if not client:
                 del line["client.address"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from stalwart.policies.exchange import Exchange, RawHeaders, watch
 
 __all__ = ["DrainState", "ShutdownMiddleware", "drain_state", "is_draining"]
 
@@ -60,20 +62,13 @@ class ShutdownMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = self.state
+        exchange, send = watch(scope, send)
+        # Hooked even while not draining: a request already running when the signal arrives
+        # must still answer `Connection: close`.
+        exchange.hooks.append(self._on_start)
+        await self.app(scope, receive, send)
 
-        # Wrapped even while not draining: a request already running when the signal arrives
-        # must still answer `Connection: close`. The flag is read first, so outside a drain
-        # each message costs one attribute read.
-        async def send_wrapper(message: Message) -> None:
-            if state.draining and message["type"] == "http.response.start":
-                headers = [
-                    (key, value)
-                    for key, value in message.get("headers", ())
-                    if key.lower() != b"connection"
-                ]
-                headers.append(_CONNECTION_CLOSE)
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_wrapper)
+    def _on_start(self, exchange: Exchange, headers: RawHeaders) -> None:
+        if self.state.draining:
+            headers[:] = [(key, value) for key, value in headers if key.lower() != b"connection"]
+            headers.append(_CONNECTION_CLOSE)

@@ -9,12 +9,13 @@ matching route policy replaces the global one and has a budget of its own.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from math import ceil
 from typing import NamedTuple
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stalwart.policies.exchange import watch
 from stalwart.policies.problem import problem_type, send_problem
 from stalwart.policies.rate_limit.backend import RateLimitBackend
 from stalwart.policies.rate_limit.headers import PolicyHeaders
@@ -152,16 +153,12 @@ class RateLimitMiddleware:
         if allowed and not degraded:
             # The common case, built here rather than by PolicyHeaders.for_decision (same
             # bytes): one formatting of the two numbers after the prebuilt prefix.
-            policy_header = rule.policy_header
-            state = (b"ratelimit", rule.state_prefix + b"%d;t=%d" % (remaining, ceil(reset_after) or 1))
-
-            # A plain function returning send's awaitable: no coroutine of our own per message.
-            def send_with_state(message: Message) -> Awaitable[None]:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), policy_header, state]
-                return send(message)
-
-            await self.app(scope, receive, send_with_state)
+            exchange, send = watch(scope, send)
+            exchange.headers += (
+                rule.policy_header,
+                (b"ratelimit", rule.state_prefix + b"%d;t=%d" % (remaining, ceil(reset_after) or 1)),
+            )
+            await self.app(scope, receive, send)
             return
         headers = rule.headers.for_decision(decision)
         if not allowed:
@@ -189,9 +186,6 @@ class RateLimitMiddleware:
             return
 
         # Allowed without asking the store (fail-open): the policy header only.
-        def send_with_headers(message: Message) -> Awaitable[None]:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            return send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        exchange, send = watch(scope, send)
+        exchange.headers += headers
+        await self.app(scope, receive, send)

@@ -1,0 +1,115 @@
+"""One response watcher per request, shared by every policy layer.
+
+Most policies touch the response only at its start, to add headers (security headers, CORS,
+RateLimit, `Vary`, `Connection: close`, `X-Request-ID`), or only read what went out (status
+and body size for the access log and the metrics). Done the usual way, each of them wraps
+`send`: a closure per request and one more call per message, per layer. With ten layers in
+the stack that was a measurable share of a small request (benchmarks/scale.py), so instead:
+
+* the outermost policy layer that cares about the response calls `watch(scope, send)`,
+  which puts an `Exchange` in the scope and wraps `send` once;
+* every layer inside it calls `watch` too, finds the Exchange, gets `send` back unchanged,
+  and records what it wants done: headers to append (`headers`), `Vary` tokens (`vary`), or
+  a hook run on the response start (`hooks`);
+* `Exchange.send` applies them to the start message, and counts status and body bytes.
+
+A middleware used on its own finds no Exchange and creates one, so each still works alone.
+
+At the response start, in this order: hooks, innermost layer first (the order the separate
+wrappers ran in), on a fresh copy of the app's header list; then `headers`; then the `vary`
+tokens merged into one `Vary` field. Every response of the request passes through it,
+whichever layer sends it: a 500 from the error layer gets the RateLimit and CORS headers an
+inner layer recorded before the app failed, as helmet and express-rate-limit (which set
+their headers before the handler runs) do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.types import Message, Scope, Send
+
+__all__ = ["EXCHANGE_KEY", "Exchange", "RawHeaders", "StartHook", "merge_vary", "watch"]
+
+EXCHANGE_KEY = "stalwart.exchange"
+
+RawHeaders = list[tuple[bytes, bytes]]
+StartHook = Callable[["Exchange", RawHeaders], None]
+"""Called at the response start with the Exchange and the (mutable) header list."""
+
+_VARY = b"vary"
+
+
+class Exchange:
+    """What the policy layers want done to one response, and what was sent."""
+
+    __slots__ = ("body_size", "headers", "hooks", "scope", "status", "upstream", "vary")
+
+    def __init__(self, scope: Scope, upstream: Send) -> None:
+        self.scope = scope
+        self.upstream = upstream
+        self.hooks: list[StartHook] = []
+        self.headers: RawHeaders = []
+        self.vary: list[bytes] = []
+        # 0 until the response starts: layers read it to tell "not started" apart.
+        self.status = 0
+        self.body_size = 0
+
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function returning the server's awaitable: no coroutine frame of its own.
+        kind = message["type"]
+        if kind == "http.response.body":
+            self.body_size += len(message.get("body", b""))
+        elif kind == "http.response.start":
+            self.status = message["status"]
+            if self.hooks or self.headers or self.vary:
+                # A fresh list: the app may reuse the list it sent (a Response's raw_headers).
+                headers: RawHeaders = list(message.get("headers", ()))
+                hooks = self.hooks
+                for index in range(len(hooks) - 1, -1, -1):
+                    hooks[index](self, headers)
+                headers += self.headers
+                if self.vary:
+                    merge_vary(headers, self.vary)
+                message["headers"] = headers
+        return self.upstream(message)
+
+
+def watch(scope: Scope, send: Send) -> tuple[Exchange, Send]:
+    """The request's Exchange and the `send` to pass inward (wrapped only by the first caller)."""
+    exchange: Exchange | None = scope.get(EXCHANGE_KEY)
+    # `scope` itself, not a copy made from it (a copied scope carries the key too): a copy is
+    # another request, or the same one dispatched again, and gets an Exchange of its own.
+    if exchange is not None and exchange.scope is scope:
+        return exchange, send
+    exchange = scope[EXCHANGE_KEY] = Exchange(scope, send)
+    return exchange, exchange.send
+
+
+# Joined token lists seen before: a handful of combinations in practice, bounded anyway.
+_JOINED: dict[tuple[bytes, ...], bytes] = {}
+
+
+def merge_vary(headers: RawHeaders, tokens: list[bytes]) -> None:
+    """Add each of `tokens` to the response's `Vary`, once, into a single field."""
+    found = [index for index, (name, _) in enumerate(headers) if name.lower() == _VARY]
+    if not found:
+        key = tuple(tokens)
+        value = _JOINED.get(key)
+        if value is None:
+            value = b", ".join(dict.fromkeys(tokens))
+            if len(_JOINED) < 64:
+                _JOINED[key] = value
+        headers.append((_VARY, value))
+        return
+    values = [headers[index][1] for index in found]
+    present = {token.strip().lower() for value in values for token in value.split(b",")}
+    if b"*" in present:
+        return
+    added = [t for t in dict.fromkeys(tokens) if t.lower() not in present]
+    if not added and len(found) == 1:
+        return
+    merged = b", ".join([value for value in values if value.strip()] + added)
+    for index in reversed(found[1:]):
+        del headers[index]
+    headers[found[0]] = (_VARY, merged)

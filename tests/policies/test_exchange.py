@@ -1,0 +1,121 @@
+"""policies/exchange.py: one `send` wrapper per request, shared by the policy layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.types import Message, Scope
+
+from stalwart.policies.exchange import EXCHANGE_KEY, Exchange, RawHeaders, merge_vary, watch
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+
+
+def http_scope() -> dict[str, Any]:
+    return {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+
+async def test_first_watch_wraps_send_and_inner_watches_pass_it_through() -> None:
+    scope: Scope = http_scope()
+    server = Recorder()
+    outer, outer_send = watch(scope, server)
+    assert scope[EXCHANGE_KEY] is outer
+    assert outer_send is not server
+    inner, inner_send = watch(scope, outer_send)
+    assert inner is outer
+    assert inner_send is outer_send
+
+
+async def test_a_copied_scope_gets_an_exchange_of_its_own() -> None:
+    scope: Scope = http_scope()
+    server = Recorder()
+    first, _ = watch(scope, server)
+    copy = dict(scope)
+    second, second_send = watch(copy, server)
+    assert second is not first
+    assert second_send is not server
+    assert copy[EXCHANGE_KEY] is second
+
+
+async def test_start_gets_hooks_innermost_first_then_headers_then_one_vary() -> None:
+    scope: Scope = http_scope()
+    server = Recorder()
+    exchange, send = watch(scope, server)
+    calls: list[str] = []
+
+    def outer_hook(ex: Exchange, headers: RawHeaders) -> None:
+        calls.append("outer")
+        headers.append((b"x-outer", b"1"))
+
+    def inner_hook(ex: Exchange, headers: RawHeaders) -> None:
+        calls.append("inner")
+        assert ex.status == 201
+        headers.append((b"x-inner", b"1"))
+
+    exchange.hooks.append(outer_hook)  # registered first: the outer layer
+    exchange.hooks.append(inner_hook)
+    exchange.headers.append((b"ratelimit", b'"p";r=9;t=60'))
+    exchange.vary += [b"Accept-Encoding", b"Origin"]
+    app_headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 201, "headers": app_headers})
+
+    assert calls == ["inner", "outer"]
+    assert server.messages[0]["headers"] == [
+        (b"content-type", b"application/json"),
+        (b"x-inner", b"1"),
+        (b"x-outer", b"1"),
+        (b"ratelimit", b'"p";r=9;t=60'),
+        (b"vary", b"Accept-Encoding, Origin"),
+    ]
+    # The app's own list is never edited: a Response may send the same list again.
+    assert app_headers == [(b"content-type", b"application/json")]
+
+
+async def test_status_and_body_bytes_are_counted() -> None:
+    scope: Scope = http_scope()
+    exchange, send = watch(scope, Recorder())
+    assert exchange.status == 0
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+    await send({"type": "http.response.body", "body": b"defgh"})
+    assert exchange.status == 404
+    assert exchange.body_size == 8
+
+
+async def test_a_start_with_nothing_to_add_is_passed_on_as_it_is() -> None:
+    scope: Scope = http_scope()
+    server = Recorder()
+    _, send = watch(scope, server)
+    headers = [(b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    assert server.messages[0]["headers"] is headers
+
+
+@pytest.mark.parametrize(
+    ("before", "tokens", "after"),
+    [
+        ([], [b"Origin"], [(b"vary", b"Origin")]),
+        ([], [b"Origin", b"Origin"], [(b"vary", b"Origin")]),
+        ([(b"vary", b"Accept-Encoding")], [b"Origin"], [(b"vary", b"Accept-Encoding, Origin")]),
+        ([(b"Vary", b"origin")], [b"Origin"], [(b"Vary", b"origin")]),
+        ([(b"vary", b"*")], [b"Origin"], [(b"vary", b"*")]),
+        (
+            [(b"vary", b"Cookie"), (b"x-a", b"1"), (b"vary", b"Accept-Language")],
+            [b"Origin"],
+            [(b"vary", b"Cookie, Accept-Language, Origin"), (b"x-a", b"1")],
+        ),
+    ],
+)
+def test_merge_vary(before: RawHeaders, tokens: list[bytes], after: RawHeaders) -> None:
+    headers = list(before)
+    merge_vary(headers, tokens)
+    assert headers == after
