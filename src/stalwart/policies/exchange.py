@@ -35,9 +35,12 @@ EXCHANGE_KEY = "stalwart.exchange"
 
 RawHeaders = list[tuple[bytes, bytes]]
 StartHook = Callable[["Exchange", RawHeaders], None]
-"""Called at the response start with the Exchange and the (mutable) header list."""
+"""Called at the response start with the Exchange and the (mutable) header list. A hook may
+add, replace or drop fields, but records Vary tokens in `Exchange.vary` instead of adding a
+Vary field, so the merge looks at the app's own fields only."""
 
 _VARY = b"vary"
+_RELEASED: Scope = {}
 
 
 class Exchange:
@@ -60,17 +63,26 @@ class Exchange:
         kind = message["type"]
         if kind == "http.response.body":
             self.body_size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                # The scope holds this Exchange and this Exchange the scope: a reference cycle
+                # that would leave the request's whole scope (and all it reaches) to the
+                # garbage collector, which then ran every few requests. Hooks run at the start
+                # only, so the link is dropped once the response is complete.
+                self.scope = _RELEASED
         elif kind == "http.response.start":
             self.status = message["status"]
             if self.hooks or self.headers or self.vary:
                 # A fresh list: the app may reuse the list it sent (a Response's raw_headers).
                 headers: RawHeaders = list(message.get("headers", ()))
+                # Hooks add no Vary field (they record tokens in `vary`), so only the app's
+                # own fields need looking at when merging.
+                app_fields = len(headers)
                 hooks = self.hooks
                 for index in range(len(hooks) - 1, -1, -1):
                     hooks[index](self, headers)
                 headers += self.headers
                 if self.vary:
-                    merge_vary(headers, self.vary)
+                    merge_vary(headers, self.vary, app_fields)
                 message["headers"] = headers
         return self.upstream(message)
 
@@ -90,9 +102,17 @@ def watch(scope: Scope, send: Send) -> tuple[Exchange, Send]:
 _JOINED: dict[tuple[bytes, ...], bytes] = {}
 
 
-def merge_vary(headers: RawHeaders, tokens: list[bytes]) -> None:
-    """Add each of `tokens` to the response's `Vary`, once, into a single field."""
-    found = [index for index, (name, _) in enumerate(headers) if name.lower() == _VARY]
+def merge_vary(headers: RawHeaders, tokens: list[bytes], within: int | None = None) -> None:
+    """Add each of `tokens` to the response's `Vary`, once, into a single field.
+
+    `within`: only the first `within` fields can be a Vary (the rest were added by layers
+    that never add one), which saves scanning every security header.
+    """
+    found = [
+        index
+        for index, (name, _) in enumerate(headers[:within] if within is not None else headers)
+        if name.lower() == _VARY
+    ]
     if not found:
         key = tuple(tokens)
         value = _JOINED.get(key)

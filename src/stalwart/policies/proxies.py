@@ -100,6 +100,7 @@ def parse_host_port(value: str) -> tuple[str, int] | None:
 # microseconds (ipaddress): cache the results, which are immutable. The length bound keeps
 # junk hops a client puts in X-Forwarded-For from filling the cache with long keys.
 _CACHED_MAX_LEN = 64
+_HOPS_MEMO_SIZE = 4096
 _parse_host_port_cached = functools.lru_cache(maxsize=4096)(parse_host_port)
 _normalize_ip_cached = functools.lru_cache(maxsize=1024)(normalize_ip)
 
@@ -165,6 +166,9 @@ class ProxyHeadersMiddleware:
         self.header = header
         # Peers repeat (a handful of proxies, a steady set of clients): cache the verdicts.
         self._trusted = functools.lru_cache(maxsize=4096)(self._compute_trusted)
+        self._hops: dict[
+            tuple[bytes | None, bytes | None], tuple[tuple[str, int] | None, str | None]
+        ] = {}
 
     def _compute_trusted(self, ip: str) -> bool:
         address = _address(ip)
@@ -205,22 +209,39 @@ class ProxyHeadersMiddleware:
         return 0, _parse_hop(hosts[0])
 
     def _x_forwarded_hops(self, scope: Scope) -> tuple[tuple[str, int] | None, str | None] | None:
-        xff: list[bytes] = []
-        xfp: list[bytes] = []
+        xff: bytes | None = None
+        xfp: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-forwarded-for":
-                xff.append(value)
+                xff = value if xff is None else xff + b"," + value
             elif name == b"x-forwarded-proto":
-                xfp.append(value)
+                xfp = value if xfp is None else xfp + b"," + value
+        # Behind a proxy the same few header values repeat request after request: remember
+        # the answer per (X-Forwarded-For, X-Forwarded-Proto), bounded in entries and length
+        # so client-chosen values cannot grow it.
+        key = (xff, xfp)
+        cached = self._hops.get(key)
+        if cached is not None:
+            return cached
+        hops = self._parse_x_forwarded(xff, xfp)
+        if len(xff or b"") + len(xfp or b"") <= _CACHED_MAX_LEN * 4:
+            if len(self._hops) >= _HOPS_MEMO_SIZE:
+                self._hops.clear()
+            self._hops[key] = hops
+        return hops
+
+    def _parse_x_forwarded(
+        self, xff: bytes | None, xfp: bytes | None
+    ) -> tuple[tuple[str, int] | None, str | None]:
         address = None
         index = count = 0
-        if xff:
-            hosts = b",".join(xff).decode("latin-1").split(",")
+        if xff is not None:
+            hosts = xff.decode("latin-1").split(",")
             index, address = self._pick(hosts)
             count = len(hosts)
         scheme = None
-        if xfp:
-            protos = [p.strip().lower() for p in b",".join(xfp).decode("latin-1").split(",")]
+        if xfp is not None:
+            protos = [p.strip().lower() for p in xfp.decode("latin-1").split(",")]
             proto = protos[index] if len(protos) == count else protos[-1]
             scheme = _SCHEMES.get(proto)
         return address, scheme
