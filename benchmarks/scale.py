@@ -11,7 +11,8 @@ against the full service (benchmarks/scale_apps.py `full_app`: `create_app()` in
 mode behind `python -m stalwart.server`, the `stalwart serve` code path, with the rate limit
 set so high nothing is refused) with the in-memory limiter and with the Redis limiter (Redis
 then also holds the note cache and the shared metrics), and against a bare FastAPI app
-(`bare_app`, uvicorn, no middleware) serving the same bytes from the same database. Runs are
+(`bare_app`, no middleware, on the same `python -m stalwart.server`) serving the same bytes
+from the same database. Runs are
 interleaved, so machine noise hits every server alike; each cell is the median of `--runs`.
 
     .venv/bin/python -m benchmarks.scale [--runs 3] [--seconds 5] [--workers 1,2,4]
@@ -39,7 +40,7 @@ import httpx
 import psutil
 import redis
 
-from benchmarks.common import Result, Server, free_port, median_of, wrk
+from benchmarks.common import Result, free_port, median_of, wrk
 from stalwart.data.migrate import migrate_to
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,10 +52,16 @@ CLIENT_HEADERS = {"X-Forwarded-For": "203.0.113.10", "X-Forwarded-Proto": "https
 VARIANTS = ("bare", "memory", "redis")
 
 
-class FullServer:
-    """The full service: `python -m stalwart.server --app benchmarks.scale_apps:full_app`."""
+class StalwartServer:
+    """An app factory behind `python -m stalwart.server` (the `stalwart serve` code path).
 
-    def __init__(self, env: Mapping[str, str], workers: int, log: Path) -> None:
+    Both apps run on it, the bare one too, so the comparison is of the apps alone: the
+    server's own choices (uvloop, httptools, the start-up `gc.freeze`) apply to both.
+    """
+
+    def __init__(self, env: Mapping[str, str], workers: int, log: Path,
+                 app: str = "benchmarks.scale_apps:full_app") -> None:
+        self.app = app
         self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -62,8 +69,8 @@ class FullServer:
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> FullServer:
-        cmd = [sys.executable, "-m", "stalwart.server", "--app", "benchmarks.scale_apps:full_app",
+    def __enter__(self) -> StalwartServer:
+        cmd = [sys.executable, "-m", "stalwart.server", "--app", self.app,
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
         # The access log (one JSON line per request, stdout) is written, as in production, and
         # dropped; the server's own log (stderr) is kept for a failed start.
@@ -73,14 +80,14 @@ class FullServer:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"full server exited at start-up:\n{self.log.read_text()}")
+                raise RuntimeError(f"{self.app} exited at start-up:\n{self.log.read_text()}")
             try:
                 if httpx.get(self.url + "/health/live", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("full server did not start")
+        raise RuntimeError(f"{self.app} did not start")
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
@@ -201,23 +208,25 @@ def main() -> None:
             tokens = {}
             for db, url in urls.items():
                 env = _full_env(url, work / f"seed-{db}", "memory", prefix)
-                with FullServer(env, 1, work / f"seed-{db}.log") as seeder:
+                with StalwartServer(env, 1, work / f"seed-{db}.log") as seeder:
                     tokens[db] = _seed(seeder.url)
             for workers in worker_counts:
                 with ExitStack() as stack:
-                    servers: dict[tuple[str, str], Server | FullServer] = {}
+                    servers: dict[tuple[str, str], StalwartServer] = {}
                     for db, url in urls.items():
                         servers[(db, "bare")] = stack.enter_context(
-                            Server("benchmarks.scale_apps:bare_app",
-                                   {"BENCH_DATABASE_URL": url,
-                                    "BENCH_POOL_SIZE": str(pool_size(workers))},
-                                   workers=workers)
+                            StalwartServer({"BENCH_DATABASE_URL": url,
+                                            "BENCH_POOL_SIZE": str(pool_size(workers)),
+                                            "STALWART_DATA_DIR": str(work / f"{db}-bare-{workers}"),
+                                            "STALWART_ACCESS_LOG": "false"},
+                                           workers, work / f"{db}-bare-{workers}.log",
+                                           app="benchmarks.scale_apps:bare_app")
                         )
                         for variant in ("memory", "redis"):
                             name = f"{db}-{variant}-{workers}"
                             env = _full_env(url, work / name, variant, prefix, workers)
                             servers[(db, variant)] = stack.enter_context(
-                                FullServer(env, workers, work / f"{name}.log")
+                                StalwartServer(env, workers, work / f"{name}.log")
                             )
                     # (route, database): the static routes do not touch the database, so
                     # they run on the PostgreSQL servers only.

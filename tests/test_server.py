@@ -7,6 +7,7 @@ tests/e2e/test_graceful_shutdown.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import signal
@@ -221,3 +222,28 @@ async def test_serve_drains_finishes_in_flight_then_runs_lifespan_shutdown(
     assert time.monotonic() - signalled < 6
     assert EVENTS == ["startup", "slow done", "shutdown"]
 
+
+
+async def test_startup_freezes_the_heap_it_built(tmp_path: Path) -> None:
+    """After start-up the app's long-lived objects are out of the collector's sight and young
+    collections are rarer (server.freeze_startup_heap)."""
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = GracefulServer(build_config(make_settings(tmp_path), app="tests.test_server:tiny_app", port=port))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(250):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        assert server.started
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold()[0] == 10_000
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import httpx
@@ -111,3 +112,52 @@ async def test_every_response_of_the_stack_crosses_one_send_wrapper(tmp_path: Pa
     assert r.headers["x-content-type-options"] == "nosniff"
     assert len(r.headers.get_list("x-request-id")) == 1
 
+
+
+@pytest.mark.anyio
+async def test_a_request_through_the_stack_leaves_no_reference_cycle(tmp_path: Path) -> None:
+    """Garbage with cycles waits for the collector, which then runs every few requests on a
+    busy worker: the stack frees each request's objects by reference counting alone. Driven
+    with raw ASGI calls, so no client library's own cycles count."""
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    install_policies(app, make_settings(tmp_path, cors_origins="https://app.example.com"))
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])  # type: ignore[arg-type]
+
+    async def get(headers: list[tuple[bytes, bytes]]) -> None:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": "/hello", "raw_path": b"/hello", "root_path": "",
+            "query_string": b"", "headers": [(b"host", b"t"), *headers],
+            "client": ("198.51.100.1", 1234), "server": ("t", 80),
+        }
+        await app(scope, receive, send)  # type: ignore[arg-type]
+
+    cors = [(b"origin", b"https://app.example.com"), (b"accept-encoding", b"gzip")]
+    await get([])  # warm: routes and caches built
+    gc.collect()
+    gc.disable()
+    try:
+        for headers in ([], cors):
+            for _ in range(20):
+                await get(headers)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        cyclic = [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert statuses == [200] * 41
+    assert cyclic == []

@@ -1,9 +1,9 @@
 """The reference API, versioned under /api/v1."""
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 
 from stalwart.api import accounts, admin, admin_data, auth, dashboard, docs, health, me, monitor, notes, trash
-from stalwart.api.params import refuse_nul
+from stalwart.api.params import NulParameterGuard
 
 __all__ = ["include_api"]
 
@@ -16,4 +16,7 @@ ROUTERS: tuple[APIRouter, ...] = tuple(
 
 def include_api(app: FastAPI) -> None:
     for router in ROUTERS:
-        app.include_router(router, dependencies=[Depends(refuse_nul)])  # see api/params.py
+        app.include_router(router)
+    # Added before the policy stack, so it sits innermost, just outside the router: every
+    # request the policies let through is checked (api/params.py).
+    app.add_middleware(NulParameterGuard, router=app.router)

@@ -1,27 +1,69 @@
-"""A guard shared by every operation: no NUL character in a path or query parameter.
+"""A guard for every route at once: no NUL character in a path or query parameter.
 
 PostgreSQL text cannot hold NUL, so a `%00` compared with a column fails in the driver (a
 500) where SQLite simply finds nothing. Bodies are covered by the models (control characters
-refused); this covers the parameters, for every route at once.
+refused); this covers the parameters, including ones a route does not declare.
+
+Pure ASGI, just outside the router, rather than a router dependency: FastAPI's dependency
+resolution cost about 12 us on every request for what is, in the common case, three
+substring tests on the raw path and query string. The parameter's name for the 422 is worked
+out only when a NUL is there.
 """
 
 from __future__ import annotations
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import QueryParams
+from starlette.routing import Match, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["refuse_nul"]
+from stalwart.policies.problem import send_problem
+
+__all__ = ["NulParameterGuard"]
+
+_MESSAGE = "NUL characters are not allowed"
 
 
-async def refuse_nul(request: Request) -> None:
-    errors = [
-        {"loc": (where, name), "msg": "NUL characters are not allowed", "type": "string_nul"}
-        for where, items in (
-            ("path", request.path_params.items()),
-            ("query", request.query_params.multi_items()),
-        )
-        for name, value in items
-        if isinstance(value, str) and "\x00" in value
-    ]
-    if errors:
-        raise RequestValidationError(errors)
+class NulParameterGuard:
+    """Answer 422 (problem+json, one error per offending parameter) when a NUL is in the
+    decoded path or in the query string; pass everything else straight on."""
+
+    def __init__(self, app: ASGIApp, router: Router) -> None:
+        self.app = app
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query: bytes = scope.get("query_string", b"")
+            # The path is already percent-decoded; the query string is not.
+            if b"%00" in query or b"\x00" in query or "\x00" in scope["path"]:
+                await send_problem(
+                    scope,
+                    send,
+                    422,
+                    title="Validation failed",
+                    detail="One or more fields are invalid.",
+                    extra={"errors": self._errors(scope, query)},
+                )
+                return
+        await self.app(scope, receive, send)
+
+    def _errors(self, scope: Scope, query: bytes) -> list[dict[str, str]]:
+        errors: list[dict[str, str]] = []
+        if "\x00" in scope["path"]:
+            errors.append({"pointer": self._path_pointer(scope), "detail": _MESSAGE})
+        if b"%00" in query or b"\x00" in query:
+            for name, value in QueryParams(query.decode("latin-1")).multi_items():
+                if "\x00" in name or "\x00" in value:
+                    errors.append({"pointer": f"query:{name.replace(chr(0), '')}", "detail": _MESSAGE})
+        return errors
+
+    def _path_pointer(self, scope: Scope) -> str:
+        """`path:<parameter>` for the route the path would reach, else `path`."""
+        for route in self.router.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                for name, value in child.get("path_params", {}).items():
+                    if isinstance(value, str) and "\x00" in value:
+                        return f"path:{name}"
+                break
+        return "path"
