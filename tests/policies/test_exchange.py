@@ -119,3 +119,17 @@ def test_merge_vary(before: RawHeaders, tokens: list[bytes], after: RawHeaders) 
     headers = list(before)
     merge_vary(headers, tokens)
     assert headers == after
+
+
+async def test_a_complete_response_unlinks_scope_and_exchange() -> None:
+    """Scope -> Exchange -> server send -> scope is a cycle in uvicorn: broken at the end."""
+    scope: Scope = http_scope()
+    exchange, send = watch(scope, Recorder())
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"a", "more_body": True})
+    assert scope[EXCHANGE_KEY] is exchange
+    await send({"type": "http.response.body", "body": b"b"})
+    assert EXCHANGE_KEY not in scope
+    assert exchange.scope is not scope
+    assert exchange.status == 200
+    assert exchange.body_size == 2

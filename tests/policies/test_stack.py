@@ -131,18 +131,25 @@ async def test_a_request_through_the_stack_leaves_no_reference_cycle(tmp_path: P
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, object]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])  # type: ignore[arg-type]
+    class Cycle:
+        """Like uvicorn's RequestResponseCycle: the server's `send` is a method of an object
+        that holds the request's scope."""
+
+        def __init__(self, scope: dict[str, object]) -> None:
+            self.scope = scope
+
+        async def send(self, message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])  # type: ignore[arg-type]
 
     async def get(headers: list[tuple[bytes, bytes]]) -> None:
-        scope = {
+        scope: dict[str, object] = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
             "scheme": "http", "path": "/hello", "raw_path": b"/hello", "root_path": "",
             "query_string": b"", "headers": [(b"host", b"t"), *headers],
             "client": ("198.51.100.1", 1234), "server": ("t", 80),
         }
-        await app(scope, receive, send)  # type: ignore[arg-type]
+        await app(scope, receive, Cycle(scope).send)  # type: ignore[arg-type]
 
     cors = [(b"origin", b"https://app.example.com"), (b"accept-encoding", b"gzip")]
     await get([])  # warm: routes and caches built

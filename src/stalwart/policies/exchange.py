@@ -64,10 +64,14 @@ class Exchange:
         if kind == "http.response.body":
             self.body_size += len(message.get("body", b""))
             if not message.get("more_body", False):
-                # The scope holds this Exchange and this Exchange the scope: a reference cycle
-                # that would leave the request's whole scope (and all it reaches) to the
-                # garbage collector, which then ran every few requests. Hooks run at the start
-                # only, so the link is dropped once the response is complete.
+                # The scope holds this Exchange, which holds the server's `send` (in uvicorn a
+                # method of the object that holds the scope) and the scope itself: a cycle
+                # that would leave each request's scope, and all it reaches, to the garbage
+                # collector. Hooks only run at the start, so both links go once the response
+                # is complete.
+                scope = self.scope
+                if scope.get(EXCHANGE_KEY) is self:
+                    del scope[EXCHANGE_KEY]
                 self.scope = _RELEASED
         elif kind == "http.response.start":
             self.status = message["status"]
