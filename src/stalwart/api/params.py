@@ -12,6 +12,8 @@ out only when a NUL is there.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.datastructures import QueryParams
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,12 +33,14 @@ class NulParameterGuard:
         self.app = app
         self.router = router
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back the inner app's awaitable: one coroutine frame less per
+        # request than `async def` (see stalwart/policies/exchange.py on the per-layer costs).
         if scope["type"] == "http":
             query: bytes = scope.get("query_string", b"")
             # The path is already percent-decoded; the query string is not.
             if b"%00" in query or b"\x00" in query or "\x00" in scope["path"]:
-                await send_problem(
+                return send_problem(
                     scope,
                     send,
                     422,
@@ -44,8 +48,7 @@ class NulParameterGuard:
                     detail="One or more fields are invalid.",
                     extra={"errors": self._errors(scope, query)},
                 )
-                return
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
     def _errors(self, scope: Scope, query: bytes) -> list[dict[str, str]]:
         errors: list[dict[str, str]] = []

@@ -25,7 +25,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -97,10 +97,11 @@ class BodyLimitMiddleware:
         self.max_json_depth = max_json_depth
         self.json_path_prefixes = tuple(json_path_prefixes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back the inner app's awaitable: one coroutine frame less per
+        # request than `async def` (see policies/exchange.py on the per-layer costs).
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         content_length: int | None = None
         content_type: bytes | None = None
         chunked = False
@@ -119,23 +120,18 @@ class BodyLimitMiddleware:
                 # the app gets the server's own receive, nothing wrapped. HTTP/2 may stream a
                 # body anyway, so it is counted below.
                 if scope.get("http_version") in _HTTP1:
-                    await self.app(scope, receive, send)
-                    return
+                    return self.app(scope, receive, send)
             elif content_length > self.max_body_bytes:
-                await self._too_large(scope, send)
-                return
+                return self._too_large(scope, send)
             elif content_length == 0:
-                await self.app(scope, receive, send)
-                return
+                return self.app(scope, receive, send)
         elif content_length is not None and content_length > self.max_body_bytes:
-            await self._too_large(scope, send)
-            return
+            return self._too_large(scope, send)
         if scope["method"] in _JSON_METHODS and scope["path"].startswith(self.json_path_prefixes):
             if content_type is not None and _is_json(content_type):
-                await self._buffered_json(scope, receive, send)
-                return
+                return self._buffered_json(scope, receive, send)
             if chunked or content_length:
-                await send_problem(
+                return send_problem(
                     scope,
                     send,
                     415,
@@ -143,8 +139,7 @@ class BodyLimitMiddleware:
                     detail="This endpoint accepts application/json request bodies only.",
                     headers=[_ACCEPT_JSON],
                 )
-                return
-        await self._streaming(scope, receive, send)
+        return self._streaming(scope, receive, send)
 
     async def _too_large(self, scope: Scope, send: Send) -> None:
         await send_problem(

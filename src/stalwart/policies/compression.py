@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 import anyio.lowlevel
@@ -330,19 +330,19 @@ class CompressionMiddleware:
         if self._inspect(exchange.status, headers) != _NOT_CANDIDATE:
             exchange.vary.append(_ACCEPT_ENCODING)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back the inner app's awaitable: one coroutine frame less per
+        # request than `async def` (see policies/exchange.py on the per-layer costs).
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         exchange, send = watch(scope, send)
         coding = self._coding_for(scope)
         if coding is not None:
             responder = _Responder(self, send, exchange, coding, is_head=scope["method"] == "HEAD")
-            await self.app(scope, receive, responder.send)
-            return
+            return self.app(scope, receive, responder.send)
         # Nothing to compress: the only job is `Vary` on the start, a hook on the exchange.
         exchange.hooks.append(self._vary_hook)
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 class _Responder:
