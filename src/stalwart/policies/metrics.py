@@ -2,7 +2,8 @@
 
 Pure ASGI, slot 3 of the policy stack (inside the request log, outside everything that can
 refuse a request, so 429s, 413s and 500s are counted too). Per request it reads a clock twice,
-keeps the response status from `http.response.start`, and after the app has run reads the
+takes the response status from the request's shared send wrapper (policies/exchange.py, no
+wrapper of its own), and after the app has run reads the
 matched route template from `scope["route"]` (set by the router): never the raw path, so the
 number of label values is bounded by the app's routes. Requests no route matched (404s,
 refusals before routing) count as `<unmatched>`.
