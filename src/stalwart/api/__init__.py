@@ -19,4 +19,4 @@ def include_api(app: FastAPI) -> None:
         app.include_router(router)
     # Added before the policy stack, so it sits innermost, just outside the router: every
     # request the policies let through is checked (api/params.py).
-    app.add_middleware(NulParameterGuard, router=app.router)
+    app.add_middleware(NulParameterGuard, routes=[route for router in ROUTERS for route in router.routes])

@@ -12,10 +12,10 @@ out only when a NUL is there.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 from starlette.datastructures import QueryParams
-from starlette.routing import Match, Router
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stalwart.policies.problem import send_problem
@@ -29,9 +29,10 @@ class NulParameterGuard:
     """Answer 422 (problem+json, one error per offending parameter) when a NUL is in the
     decoded path or in the query string; pass everything else straight on."""
 
-    def __init__(self, app: ASGIApp, router: Router) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
-        self.router = router
+        # The routes whose path parameters a 422 can name (matched only when a NUL is there).
+        self.routes = tuple(routes)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain function handing back the inner app's awaitable: one coroutine frame less per
@@ -61,12 +62,11 @@ class NulParameterGuard:
         return errors
 
     def _path_pointer(self, scope: Scope) -> str:
-        """`path:<parameter>` for the route the path would reach, else `path`."""
-        for route in self.router.routes:
+        """`path:<parameter>` for the route the path would reach (any method), else `path`."""
+        for route in self.routes:
             match, child = route.matches(scope)
-            if match is Match.FULL:
+            if match is not Match.NONE:
                 for name, value in child.get("path_params", {}).items():
                     if isinstance(value, str) and "\x00" in value:
                         return f"path:{name}"
-                break
         return "path"
