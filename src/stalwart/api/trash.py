@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from stalwart.api.cursors import decode_cursor, encode_cursor
 from stalwart.api.deps import Caller, Res, Session
 from stalwart.api.lifecycle_schemas import TrashedNoteOut
+from stalwart.api.notes import note_out
 from stalwart.api.responses import errors
 from stalwart.api.schemas import ListPage, NoteOut
 from stalwart.data.models import Note, NoteTag
@@ -34,13 +35,7 @@ def _deleted(note: Note) -> datetime:
 def _out(note: Note, keep_days: int) -> TrashedNoteOut:
     assert note.deleted_at is not None
     return TrashedNoteOut(
-        id=note.id,
-        title=note.title,
-        body=note.body,
-        tags=list(note.tags),
-        created_at=note.created_at,
-        updated_at=note.updated_at,
-        version=note.version,
+        **note_out(note).model_dump(),
         deleted_at=note.deleted_at,
         purge_after=note.deleted_at + timedelta(days=keep_days),
     )
@@ -104,15 +99,7 @@ async def restore_note(note_id: str, caller: Caller, session: Session, resources
         await session.rollback()
         raise HTTPException(409, "The note was changed by another request; try again.") from None
     await resources.invalidate_notes(caller.account_id)
-    return NoteOut(
-        id=note.id,
-        title=note.title,
-        body=note.body,
-        tags=list(note.tags),
-        created_at=note.created_at,
-        updated_at=note.updated_at,
-        version=note.version,
-    )
+    return note_out(note)
 
 
 @router.delete(
