@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -271,57 +271,54 @@ def _headers(route: str, token: str) -> dict[str, str]:
     return CLIENT_HEADERS
 
 
-def _table(results: dict[tuple[str, str, str, int], list[Result]], worker_counts: list[int],
-           args: argparse.Namespace) -> str:
-    load = os.getloadavg()[0]
+def _render(cells: Callable[[str, str, str, int], str], routes: set[tuple[str, str]],
+            worker_counts: list[int], heading: str) -> list[str]:
+    """The markdown rows shared by both tables: one per route, database and server variant."""
     lines = [
-        f"wrk -t1 -c{args.connections} -d{args.seconds}s, median of {args.runs} interleaved runs; "
-        f"{os.cpu_count()} CPUs, load average {load:.1f} at the end",
-        "",
         "| route | database | server | " + " | ".join(
-            f"{w} worker{'s' if w > 1 else ''}: req/s (vs bare), p99" for w in worker_counts
+            f"{w} worker{'s' if w > 1 else ''}: {heading}" for w in worker_counts
         ) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in worker_counts) + " |",
     ]
-    routes = sorted({(route, db) for route, db, _, _ in results},
-                    key=lambda k: (not k[0].startswith("/health"), k[0] != "/bench/static", k[1]))
-    for route, db in routes:
+    ordered = sorted(routes, key=lambda k: (not k[0].startswith("/health"), k[0] != "/bench/static", k[1]))
+    for route, db in ordered:
         for variant in VARIANTS:
-            cells = []
-            for w in worker_counts:
-                m = median_of(results[(route, db, variant, w)])
-                bare = statistics.median(r.rps for r in results[(route, db, "bare", w)])
-                ratio = "" if variant == "bare" else f" ({m.rps / bare:.0%})"
-                errors = f", {m.errors} errors" if m.errors else ""
-                cells.append(f"{m.rps:,.0f}{ratio}, {m.p99_ms:.1f} ms{errors}")
+            row = " | ".join(cells(route, db, variant, w) for w in worker_counts)
             name = "bare FastAPI" if variant == "bare" else f"Stalwart, {variant} limiter"
             lines.append(f"| `GET {route}` | {'-' if route.startswith(('/health', '/bench')) else db} "
-                         f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                         f"| {name} | {row} |")
+    return lines
+
+
+def _table(results: dict[tuple[str, str, str, int], list[Result]], worker_counts: list[int],
+           args: argparse.Namespace) -> str:
+    def cell(route: str, db: str, variant: str, w: int) -> str:
+        m = median_of(results[(route, db, variant, w)])
+        bare = statistics.median(r.rps for r in results[(route, db, "bare", w)])
+        ratio = "" if variant == "bare" else f" ({m.rps / bare:.0%})"
+        errors = f", {m.errors} errors" if m.errors else ""
+        return f"{m.rps:,.0f}{ratio}, {m.p99_ms:.1f} ms{errors}"
+
+    load = os.getloadavg()[0]
+    header = [
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s, median of {args.runs} interleaved runs; "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at the end",
+        "",
+    ]
+    routes = {(route, db) for route, db, _, _ in results}
+    return "\n".join(header + _render(cell, routes, worker_counts, "req/s (vs bare), p99"))
 
 
 def _cpu_table(cpu: dict[tuple[str, str, str, int], list[float]], worker_counts: list[int]) -> str:
     """Server CPU per request: steadier than req/s on a shared machine. bare / full is the
     throughput share the full service keeps when the server, not the client, is the limit."""
-    lines = [
-        "| route | database | server | " + " | ".join(
-            f"{w} worker{'s' if w > 1 else ''}: CPU us/request (bare/this)" for w in worker_counts
-        ) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in worker_counts) + " |",
-    ]
-    routes = sorted({(route, db) for route, db, _, _ in cpu},
-                    key=lambda k: (not k[0].startswith("/health"), k[0] != "/bench/static", k[1]))
-    for route, db in routes:
-        for variant in VARIANTS:
-            cells = []
-            for w in worker_counts:
-                us = statistics.median(cpu[(route, db, variant, w)])
-                bare = statistics.median(cpu[(route, db, "bare", w)])
-                cells.append(f"{us:.0f}" + ("" if variant == "bare" else f" ({bare / us:.0%})"))
-            name = "bare FastAPI" if variant == "bare" else f"Stalwart, {variant} limiter"
-            lines.append(f"| `GET {route}` | {'-' if route.startswith(('/health', '/bench')) else db} "
-                         f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    def cell(route: str, db: str, variant: str, w: int) -> str:
+        us = statistics.median(cpu[(route, db, variant, w)])
+        bare = statistics.median(cpu[(route, db, "bare", w)])
+        return f"{us:.0f}" + ("" if variant == "bare" else f" ({bare / us:.0%})")
+
+    routes = {(route, db) for route, db, _, _ in cpu}
+    return "\n".join(_render(cell, routes, worker_counts, "CPU us/request (bare/this)"))
 
 
 if __name__ == "__main__":
