@@ -463,6 +463,9 @@ def test_failed_instances_are_taken_out_by_nginx(cluster: Cluster) -> None:
         killed_at = time.monotonic()
         victim.proc.kill()  # type: ignore[union-attr]
         assert victim.wait(timeout=10) == -9
+        # Requests that started between the signal and the process's end may still have been
+        # answered by it: "after the kill" counts from its death.
+        dead_at = time.monotonic()
         load.wait_for(len(load.outcomes) + 120)
 
     served = cluster.served_by()
@@ -473,14 +476,14 @@ def test_failed_instances_are_taken_out_by_nginx(cluster: Cluster) -> None:
     }
     failed = load.failures()
     assert {o.rid for o in failed} <= in_flight_on_victim, failed
-    after = [o for o in load.outcomes if o.started > killed_at]
+    after = [o for o in load.outcomes if o.started > dead_at]
     assert len(after) >= 100, len(after)
-    assert [o for o in after if not o.ok] == []
+    assert [o for o in load.outcomes if o.started > killed_at and not o.ok] == []
 
     # Every request after the kill was served by the last instance standing; those nginx
     # first sent to a stopped instance were retried there.
     survivor = f"127.0.0.1:{cluster.instances[0].port}"
-    assert all(served[o.rid].split(", ")[-1] == survivor for o in after)
+    assert [served[o.rid] for o in after if served[o.rid].split(", ")[-1] != survivor] == []
     retried = [o.rid for o in load.outcomes if served[o.rid].startswith(victim_at + ", ")]
     assert retried
     # The dead instance was taken out: only max_fails (2) tries, plus one probe per
