@@ -12,7 +12,10 @@ mode behind `python -m stalwart.server`, the `stalwart serve` code path, with th
 set so high nothing is refused) with the in-memory limiter and with the Redis limiter (Redis
 then also holds the note cache and the shared metrics), and against a bare FastAPI app
 (`bare_app`, no middleware, on the same `python -m stalwart.server`) serving the same bytes
-from the same database. Runs are
+from the same database, and against the floor (`floor_app`: the bare app inside one
+hand-written layer that sends the same response headers and access-log line and counts the
+request, nothing else), which shows how much of the gap to the bare app is the policy's
+visible output itself rather than the stack that produces it. Runs are
 interleaved, so machine noise hits every server alike; each cell is the median of `--runs`.
 
     .venv/bin/python -m benchmarks.scale [--runs 3] [--seconds 5] [--workers 1,2,4]
@@ -49,7 +52,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 # wrk is one client behind a trusted proxy that terminated TLS (production mode redirects
 # plain HTTP otherwise); the bare app ignores both headers.
 CLIENT_HEADERS = {"X-Forwarded-For": "203.0.113.10", "X-Forwarded-Proto": "https"}
-VARIANTS = ("bare", "memory", "redis")
+VARIANTS = ("bare", "floor", "memory", "redis")
 
 
 class StalwartServer:
@@ -101,7 +104,7 @@ class StalwartServer:
 
 def pool_size(workers: int) -> int:
     """Per-process pool: 32 connections of load over the workers, and every PostgreSQL server of
-    one round (3 servers x workers x (read pool + write pool)) under max_connections (100)."""
+    one round (4 servers x workers x (read pool + write pool)) under max_connections (100)."""
     return max(2, 10 // workers)
 
 
@@ -214,14 +217,15 @@ def main() -> None:
                 with ExitStack() as stack:
                     servers: dict[tuple[str, str], StalwartServer] = {}
                     for db, url in urls.items():
-                        servers[(db, "bare")] = stack.enter_context(
-                            StalwartServer({"BENCH_DATABASE_URL": url,
-                                            "BENCH_POOL_SIZE": str(pool_size(workers)),
-                                            "STALWART_DATA_DIR": str(work / f"{db}-bare-{workers}"),
-                                            "STALWART_ACCESS_LOG": "false"},
-                                           workers, work / f"{db}-bare-{workers}.log",
-                                           app="benchmarks.scale_apps:bare_app")
-                        )
+                        for variant in ("bare", "floor"):
+                            name = f"{db}-{variant}-{workers}"
+                            servers[(db, variant)] = stack.enter_context(
+                                StalwartServer({"BENCH_DATABASE_URL": url,
+                                                "BENCH_POOL_SIZE": str(pool_size(workers)),
+                                                "STALWART_DATA_DIR": str(work / name)},
+                                               workers, work / f"{name}.log",
+                                               app=f"benchmarks.scale_apps:{variant}_app")
+                            )
                         for variant in ("memory", "redis"):
                             name = f"{db}-{variant}-{workers}"
                             env = _full_env(url, work / name, variant, prefix, workers)
@@ -265,6 +269,9 @@ def main() -> None:
     print(_cpu_table(cpu, worker_counts))
 
 
+_NAMES = {"bare": "bare FastAPI", "floor": "floor: bare + one layer, same output"}
+
+
 def _headers(route: str, token: str) -> dict[str, str]:
     if route.startswith("/api/"):
         return {**CLIENT_HEADERS, "Authorization": f"Bearer {token}"}
@@ -284,7 +291,7 @@ def _render(cells: Callable[[str, str, str, int], str], routes: set[tuple[str, s
     for route, db in ordered:
         for variant in VARIANTS:
             row = " | ".join(cells(route, db, variant, w) for w in worker_counts)
-            name = "bare FastAPI" if variant == "bare" else f"Stalwart, {variant} limiter"
+            name = _NAMES.get(variant) or f"Stalwart, {variant} limiter"
             lines.append(f"| `GET {route}` | {'-' if route.startswith(('/health', '/bench')) else db} "
                          f"| {name} | {row} |")
     return lines

@@ -1,0 +1,82 @@
+"""The floor app of benchmarks/scale.py answers the static route with what the full service sends."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from benchmarks import scale_apps
+from stalwart.policies import request_log
+
+# What the benchmark's client sends: one client behind a trusted proxy that terminated TLS.
+CLIENT = {"X-Forwarded-For": "203.0.113.10", "X-Forwarded-Proto": "https"}
+# Set per response by the server or per request by the policy: compared by name only.
+PER_REQUEST = {"x-request-id", "ratelimit"}
+
+
+def _get(app: FastAPI) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.get("/bench/static", headers=CLIENT)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FastAPI, FastAPI]]:
+    # Production refuses a database in a temporary folder: ./var, as benchmarks/scale.py does.
+    work = Path(__file__).resolve().parents[2] / "var" / f"test-floor-{secrets.token_hex(4)}"
+    work.mkdir(parents=True)
+    database = f"sqlite+aiosqlite:///{work / 'bench.db'}"
+    monkeypatch.setenv("BENCH_DATABASE_URL", database)
+    for name, value in {
+        "STALWART_ENV": "production",
+        "STALWART_SECRET_KEY": secrets.token_urlsafe(48),
+        "STALWART_TRUSTED_PROXIES": "127.0.0.1/32",
+        "STALWART_DATABASE_URL": database,
+        "STALWART_DATA_DIR": str(work),
+        "STALWART_CORS_ORIGINS": "https://bench.example.com",
+        "STALWART_RATE_LIMIT": "1000000000/hour",
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield scale_apps.floor_app(), scale_apps.full_app()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_floor_sends_the_full_services_headers_and_body(apps: tuple[FastAPI, FastAPI]) -> None:
+    floor, full = (_get(app) for app in apps)
+    assert floor.status_code == full.status_code == 200
+    assert floor.content == full.content == scale_apps.BODY
+    assert [name for name, _ in floor.headers.raw] == [name for name, _ in full.headers.raw]
+    same = {k: v for k, v in full.headers.items() if k not in PER_REQUEST}
+    assert {k: v for k, v in floor.headers.items() if k not in PER_REQUEST} == same
+    assert len(floor.headers["x-request-id"]) == 32
+    assert floor.headers["ratelimit"] == '"1000000000-in-1h";r=999999999;t=3600'
+
+
+def test_floor_writes_one_access_log_line_per_request(
+    apps: tuple[FastAPI, FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines: list[bytes] = []
+    monkeypatch.setattr(request_log.ACCESS_LOG, "write", lines.append)
+    response = _get(apps[0])
+    assert len(lines) == 1
+    line = orjson.loads(lines[0])
+    assert line["request.id"] == response.headers["x-request-id"]
+    assert line["client.address"] == "203.0.113.0"
+    assert (line["http.route"], line["http.response.status_code"], line["http.response.body.size"]) == (
+        "/bench/static",
+        200,
+        len(scale_apps.BODY),
+    )
