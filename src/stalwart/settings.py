@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     rate_limit_ipv6_prefix: int = Field(default=56, ge=1, le=128)
     rate_limit_fail_open: bool = True
     rate_limit_key_prefix: str = "stalwart:rl:"  # Redis keys; distinct per deployment sharing a Redis
+    # Redis backend: a process takes limit // N of a budget per call and decides those hits
+    # itself (policies/rate_limit/redis.py); budgets under N stay exact. 0: every hit asks Redis.
+    rate_limit_lease_divisor: int = Field(default=1024, ge=0)
 
     # --- input limits --------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1_048_576, ge=1)

@@ -394,3 +394,82 @@ async def test_a_nonsense_reply_fails_open_instead_of_a_500(
     assert [m.getMessage() for m in caplog.records if m.name == LOGGER] == [
         "rate limit backend unavailable (ValueError); allowing requests until it recovers"
     ]
+
+
+async def _count(redis: Redis, key: str) -> int:
+    return int(await redis.hget(key, "c"))
+
+
+async def test_a_large_budget_is_leased_and_spent_without_round_trips(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)  # default divisor 1024
+    policy = parse_policy("10240/15minutes")  # a share of 10 hits per call
+    decisions = [await backend.hit("k", policy) for _ in range(11)]
+    assert backend.round_trips == 1
+    assert await _count(redis_client, key_prefix + "k") == 11  # the hit and its share
+    assert [d.remaining for d in decisions] == list(range(10239, 10228, -1))
+    assert all(d.allowed and not d.degraded for d in decisions)
+    assert backend.hits == 11
+    await backend.hit("k", policy)  # the share is spent: Redis again, for the hit and a new share
+    assert backend.round_trips == 2
+    assert await _count(redis_client, key_prefix + "k") == 22
+
+
+async def test_the_middleware_decides_leased_hits_without_waiting_for_redis(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    backend = backend_on(redis_client, key_prefix, lease_divisor=100)
+    async with client_for(limited_app(backend, "1000/15minutes")) as client:  # shares of 10
+        responses = [await client.get("/x") for _ in range(33)]
+    assert [r.status_code for r in responses] == [200] * 33
+    assert [r.headers["ratelimit"] for r in responses] == [f'"1000-in-15min";r={999 - i};t=900' for i in range(33)]
+    assert backend.round_trips == 3
+    [key] = [key async for key in redis_client.scan_iter(match=key_prefix + "*")]
+    assert key.endswith(b"|203.0.113.7")
+    assert int(await redis_client.hget(key, "c")) == 33
+
+
+async def test_leased_shares_never_admit_more_than_the_shared_budget(redis_client: Redis, key_prefix: str) -> None:
+    other_client = new_redis()
+    try:
+        backends = [
+            backend_on(redis_client, key_prefix, lease_divisor=64),
+            backend_on(other_client, key_prefix, lease_divisor=64),
+        ]
+        policy = parse_policy("640/15minutes")  # shares of 10
+        decisions = await asyncio.gather(*(backends[i % 2].hit("k", policy) for i in range(800)))
+        decisions += [await backends[i % 2].hit("k", policy) for i in range(100)]
+    finally:
+        await other_client.aclose()
+    allowed = sum(d.allowed for d in decisions)
+    # Never past the limit; at most one unspent share per process lost.
+    assert 640 - 2 * 10 <= allowed <= 640
+    assert await _count(redis_client, key_prefix + "k") == 640
+    assert all(d.remaining == 0 for d in decisions if not d.allowed)
+    assert sum(b.round_trips for b in backends) < 900 // 5
+
+
+async def test_a_lease_ends_with_its_window(redis_client: Redis, key_prefix: str) -> None:
+    now = [1000.0]
+    backend = backend_on(redis_client, key_prefix, clock=lambda: now[0])
+    policy = parse_policy("10240/15minutes")
+    await backend.hit("k", policy)
+    assert backend.hit_nowait("k", policy) is not None
+    now[0] += 900  # this process's clock says the window is over
+    backend.clock_offset_ms = 900_000  # and so does Redis's
+    assert backend.hit_nowait("k", policy) is None
+    decision = await backend.hit("k", policy)
+    assert backend.round_trips == 2
+    assert decision.remaining == 10239  # a fresh window, counted in Redis
+    assert await _count(redis_client, key_prefix + "k") == 11
+
+
+async def test_small_budgets_and_a_zero_divisor_count_every_hit_in_redis(redis_client: Redis, key_prefix: str) -> None:
+    exact = backend_on(redis_client, key_prefix)
+    for _ in range(5):
+        await exact.hit("small", parse_policy("1000/15minutes"))  # under the divisor: no share
+    off = backend_on(redis_client, key_prefix, lease_divisor=0)
+    for _ in range(5):
+        await off.hit("large", parse_policy("1000000/15minutes"))
+    assert (exact.round_trips, off.round_trips) == (5, 5)
+    assert await _count(redis_client, key_prefix + "small") == 5
+    assert await _count(redis_client, key_prefix + "large") == 5

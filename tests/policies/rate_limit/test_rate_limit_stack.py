@@ -62,11 +62,13 @@ async def test_auto_backend_uses_the_shared_redis_client() -> None:
             rate_limit_key_prefix="custom:",
             rate_limit_fail_open=False,
             redis_timeout=0.25,
+            rate_limit_lease_divisor=0,
         )
         backend = rate_limit_middleware(settings, SimpleNamespace(redis=redis)).args[0]
         assert isinstance(backend, RedisBackend)
         assert backend.redis is redis
         assert (backend.prefix, backend.fail_open, backend.timeout) == ("custom:", False, 0.25)
+        assert backend.lease_divisor == 0
         memory = backend_from_settings(make_settings(rate_limit_backend="memory"), redis)
         assert isinstance(memory, MemoryBackend)
     finally:

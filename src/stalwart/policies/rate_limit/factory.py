@@ -55,6 +55,7 @@ def backend_from_settings(settings: Settings, redis: Redis | None = None) -> Rat
         prefix=settings.rate_limit_key_prefix,
         timeout=settings.redis_timeout,
         fail_open=settings.rate_limit_fail_open,
+        lease_divisor=settings.rate_limit_lease_divisor,
     )
 
 

@@ -12,6 +12,18 @@ pipelined ones past MAX_KEYS_PER_CALL keys), and hits on the same key in a batch
 one count that the script applies as that many consecutive hits. Under load that is one
 round trip per batch, never more than one per request.
 
+Leases: even batched, a hit that waits for Redis costs its request a suspension and a wake-up,
+most of what the Redis limiter costs per request (benchmarks/scale.py). So when a policy's
+limit is large, the call that counts a hit also takes a share of the budget for this process:
+`limit // lease_divisor` more hits (none for limits under `lease_divisor`, such as the
+default 100 per 15 minutes: those stay exact). The script grants the share like any hits
+(never past the limit), and the following hits on that key are decided here, without a call,
+until the share is spent or Redis's window ends. The budget stays one budget: the instances
+together never admit more than the limit; shares left unspent when a window ends (or an
+instance stops) are lost to that window, so a budget shared by N processes admits at least
+`limit - N * (limit // lease_divisor)`. `RateLimit` remaining, for a hit decided from a share,
+counts this process's hits since its last call and not other instances' since.
+
 Client CPU is the other half of the cost: redis-py spends more packing arguments and
 parsing replies than the hit itself, so the command is packed here (constant parts built
 once), sent on a connection borrowed from the client's pool, and answered with a single
@@ -31,6 +43,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -40,7 +53,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from stalwart.policies.rate_limit.backend import STATS
 from stalwart.policies.rate_limit.policy import Decision, Policy
 
-__all__ = ["HIT_SCRIPT", "MAX_KEYS_PER_CALL", "RedisBackend"]
+__all__ = ["DEFAULT_LEASE_DIVISOR", "HIT_SCRIPT", "MAX_KEYS_PER_CALL", "RedisBackend"]
 
 logger = logging.getLogger("stalwart.rate_limit")
 
@@ -85,6 +98,23 @@ MAX_KEYS_PER_CALL = 256
 
 _Entry = tuple[str, Policy, list["asyncio.Future[Decision]"]]
 
+# A process takes at most 1/1024 of a budget at a time (see the module docstring).
+DEFAULT_LEASE_DIVISOR = 1024
+# Bounds the leases held at once; past it, new keys are counted in Redis hit by hit.
+MAX_LEASES = 10_000
+
+
+class _Lease:
+    """Hits granted by Redis to this process for one key and policy, spent locally."""
+
+    __slots__ = ("left", "limit_used", "policy", "until")
+
+    def __init__(self, policy: Policy, left: int, limit_used: int, until: float) -> None:
+        self.policy = policy
+        self.left = left  # granted hits not yet spent
+        self.limit_used = limit_used  # the key's count once the last spent hit is counted
+        self.until = until  # the window's end on the backend's clock
+
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
@@ -100,6 +130,8 @@ class RedisBackend:
         fail_open: bool = True,
         retry_interval: float = 1.0,
         clock_offset_ms: int = 0,
+        lease_divisor: int = DEFAULT_LEASE_DIVISOR,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -119,8 +151,38 @@ class RedisBackend:
         self._specs: dict[Policy, bytes] = {}
         self._pending: dict[object, _Entry] = {}
         self._flusher: asyncio.Task[None] | None = None
+        # 0 turns leases off: every hit is counted in Redis.
+        self.lease_divisor = lease_divisor
+        self.clock = clock
+        self._leases: dict[str, _Lease] = {}
+        self._lease_sizes: dict[Policy, int] = {}
+
+    def hit_nowait(self, key: str, policy: Policy) -> Decision | None:
+        """The hit decided from this process's share of the key's budget, or None when there
+        is no share left and the hit must go to Redis (`hit`)."""
+        lease = self._leases.get(key)
+        if lease is None or lease.policy is not policy:
+            return None
+        now = self.clock()
+        if lease.left <= 0 or now >= lease.until:
+            del self._leases[key]
+            return None
+        lease.left -= 1
+        lease.limit_used += 1
+        self.hits += 1
+        STATS.hits += 1
+        return Decision(True, policy.limit - lease.limit_used, lease.until - now, policy)
+
+    def _lease_size(self, policy: Policy) -> int:
+        size = self._lease_sizes.get(policy)
+        if size is None:
+            size = self._lease_sizes[policy] = policy.limit // self.lease_divisor if self.lease_divisor > 0 else 0
+        return size
 
     async def hit(self, key: str, policy: Policy) -> Decision:
+        decision = self.hit_nowait(key, policy)
+        if decision is not None:
+            return decision
         if self.down and time.monotonic() < self._retry_at:
             return self._degraded(policy)
         loop = asyncio.get_running_loop()
@@ -175,10 +237,19 @@ class RedisBackend:
             self.down = False
             logger.info("rate limit backend recovered; counting in Redis again")
         hits = rejections = 0
-        for (_, policy, waiters), (before, reset_ms) in zip(batch, replies, strict=True):
+        now = self.clock()
+        for (key, policy, waiters), (before, reset_ms) in zip(batch, replies, strict=True):
             reset_after = reset_ms / 1000
             limit = policy.limit
             used = before
+            share = self._lease_size(policy)
+            if share:
+                # The script counted up to `share` hits beyond the waiters' (never past the
+                # limit): what the waiters leave of them is this process's to spend.
+                granted = min(limit, before + len(waiters) + share) - before
+                left = granted - len(waiters)
+                if left > 0 and (key in self._leases or len(self._leases) < MAX_LEASES):
+                    self._leases[key] = _Lease(policy, left, before + len(waiters), now + reset_after)
             for future in waiters:
                 used += 1
                 hits += 1
@@ -205,7 +276,7 @@ class RedisBackend:
         parts = [b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (len(batch) + 5, _bulk(self._sha), _bulk(b"%d" % len(batch)))]
         parts += [_bulk((prefix + key).encode()) for key, _, _ in batch]
         parts.append(_bulk(b"%d" % self.clock_offset_ms))
-        parts.append(_bulk(b",".join([self._spec(p) + b"%d" % len(w) for _, p, w in batch])))
+        parts.append(_bulk(b",".join([self._spec(p) + b"%d" % (len(w) + self._lease_size(p)) for _, p, w in batch])))
         return b"".join(parts)
 
     async def _evaluate(self, batch: list[_Entry]) -> list[tuple[int, int]]:
