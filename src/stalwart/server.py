@@ -51,6 +51,7 @@ from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from stalwart.http_protocol import HttpToolsProtocol
 from stalwart.policies.shutdown import drain_state, is_draining
 
 if TYPE_CHECKING:
@@ -359,7 +360,8 @@ def build_config(
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol with a faster response head (http_protocol.py).
+        http=HttpToolsProtocol,
         lifespan="on",
         # The policy layer resolves the client address from trusted proxies only
         # (policies/proxies.py); uvicorn must not trust X-Forwarded-For on its own.
