@@ -19,6 +19,7 @@ visible output itself rather than the stack that produces it. Runs are
 interleaved, so machine noise hits every server alike; each cell is the median of `--runs`.
 
     .venv/bin/python -m benchmarks.scale [--runs 3] [--seconds 5] [--workers 1,2,4]
+        [--routes /bench/static@postgres,...]
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 # plain HTTP otherwise); the bare app ignores both headers.
 CLIENT_HEADERS = {"X-Forwarded-For": "203.0.113.10", "X-Forwarded-Proto": "https"}
 VARIANTS = ("bare", "floor", "memory", "redis")
+# (route, database): the static routes do not touch the database, so they run on the
+# PostgreSQL servers only.
+PLAN = [("/health/live", "postgres"), ("/bench/static", "postgres"),
+        ("/api/v1/notes", "sqlite"), ("/api/v1/notes", "postgres")]
 
 
 class StalwartServer:
@@ -196,8 +201,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--routes", default=",".join(f"{route}@{db}" for route, db in PLAN),
+                        help="route@database pairs to run, comma-separated (default: all)")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
+    plan = [(pair.split("@")[0], pair.split("@")[1]) for pair in args.routes.split(",")]
+    if unknown := set(plan) - set(PLAN):
+        parser.error(f"unknown routes: {sorted(unknown)}; known: {PLAN}")
 
     prefix = f"stalwart-bench-{uuid.uuid4().hex}:"
     # Production refuses a SQLite file in a temporary folder: keep it under ./var (ignored).
@@ -207,7 +217,9 @@ def main() -> None:
     results: dict[tuple[str, str, str, int], list[Result]] = {}
     cpu: dict[tuple[str, str, str, int], list[float]] = {}
     try:
-        with databases(work) as urls:
+        with databases(work) as all_urls:
+            # Only the databases the chosen routes run on get servers.
+            urls = {db: url for db, url in all_urls.items() if any(db == d for _, d in plan)}
             tokens = {}
             for db, url in urls.items():
                 env = _full_env(url, work / f"seed-{db}", "memory", prefix)
@@ -232,10 +244,6 @@ def main() -> None:
                             servers[(db, variant)] = stack.enter_context(
                                 StalwartServer(env, workers, work / f"{name}.log")
                             )
-                    # (route, database): the static routes do not touch the database, so
-                    # they run on the PostgreSQL servers only.
-                    plan = [("/health/live", "postgres"), ("/bench/static", "postgres"),
-                            ("/api/v1/notes", "sqlite"), ("/api/v1/notes", "postgres")]
                     for route, db in plan:  # warm-up: imports, pools, caches, every worker
                         for variant in VARIANTS:
                             wrk(servers[(db, variant)].url + route, _headers(route, tokens[db]),
