@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from stalwart.policies.rate_limit import STATS, RedisBackend, parse_policy
+from stalwart.policies.rate_limit import redis as redis_module
 from stalwart.policies.rate_limit.redis import logger as rate_limit_logger
 from tests.conftest import REDIS_URL
 
@@ -473,3 +474,34 @@ async def test_small_budgets_and_a_zero_divisor_count_every_hit_in_redis(redis_c
     assert (exact.round_trips, off.round_trips) == (5, 5)
     assert await _count(redis_client, key_prefix + "small") == 5
     assert await _count(redis_client, key_prefix + "large") == 5
+
+
+async def test_a_live_share_is_topped_up_not_replaced(redis_client: Redis, key_prefix: str) -> None:
+    backend = backend_on(redis_client, key_prefix)
+    policy = parse_policy("10240/15minutes")  # shares of 10
+    await backend.hit("k", policy)
+    # A second call for the key while the first share is live (hits that queued during a call).
+    waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    await backend._send([("k", policy, [waiter])])
+    assert waiter.result().allowed
+    local = 0
+    while backend.hit_nowait("k", policy) is not None:
+        local += 1
+    assert local == 20  # both shares, none dropped
+    assert await _count(redis_client, key_prefix + "k") == 22
+
+
+async def test_leases_are_bounded_and_ended_ones_make_room(
+    redis_client: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_module, "MAX_LEASES", 2)
+    now = [1000.0]
+    backend = backend_on(redis_client, key_prefix, clock=lambda: now[0])
+    policy = parse_policy("10240/15minutes")
+    for key in ("a", "b", "c"):
+        await backend.hit(key, policy)
+    assert backend.hit_nowait("a", policy) is not None
+    assert backend.hit_nowait("c", policy) is None  # no room: counted in Redis hit by hit
+    now[0] += 901  # a's and b's shares end with their window
+    await backend.hit("d", policy)
+    assert backend.hit_nowait("d", policy) is not None

@@ -248,8 +248,8 @@ class RedisBackend:
                 # limit): what the waiters leave of them is this process's to spend.
                 granted = min(limit, before + len(waiters) + share) - before
                 left = granted - len(waiters)
-                if left > 0 and (key in self._leases or len(self._leases) < MAX_LEASES):
-                    self._leases[key] = _Lease(policy, left, before + len(waiters), now + reset_after)
+                if left > 0:
+                    self._lease(key, policy, left, before + len(waiters), now + reset_after, now)
             for future in waiters:
                 used += 1
                 hits += 1
@@ -264,6 +264,28 @@ class RedisBackend:
         self.rejections += rejections
         STATS.hits += hits
         STATS.rejections += rejections
+
+    def _lease(self, key: str, policy: Policy, left: int, used: int, until: float, now: float) -> None:
+        leases = self._leases
+        current = leases.get(key)
+        if (
+            current is not None
+            and current.policy is policy
+            and current.left > 0
+            and now < current.until
+            and current.limit_used <= used
+        ):
+            # A share still live from an earlier call in the same window (calls for one key
+            # can follow each other while hits wait): both are this process's to spend.
+            current.left += left
+            current.limit_used = used
+            return
+        if current is None and len(leases) >= MAX_LEASES:
+            # Drop spent and ended shares; if all are live, this key is counted hit by hit.
+            self._leases = leases = {k: lease for k, lease in leases.items() if lease.left > 0 and now < lease.until}
+            if len(leases) >= MAX_LEASES:
+                return
+        leases[key] = _Lease(policy, left, used, until)
 
     def _spec(self, policy: Policy) -> bytes:
         spec = self._specs.get(policy)
