@@ -16,8 +16,7 @@ and the cycle's state; uvicorn is pinned by the lock file.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Generator
-from typing import Any, cast
+from typing import TYPE_CHECKING
 
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
@@ -28,6 +27,9 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol as _UvicornProtocol,
 )
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGISendEvent
 
 __all__ = ["FastHeadCycle", "HttpToolsProtocol"]
 
@@ -44,22 +46,8 @@ _ACTED_ON = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _FIELD = b": ".join
 
 
-class _Done:
-    """An awaitable that is already complete: the head is written synchronously."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        # `await` needs only an iterator; an empty one finishes at once, with no object made.
-        return cast("Generator[Any, Any, None]", _EMPTY)
-
-
-_EMPTY = iter(())
-_DONE = _Done()
-
-
 class FastHeadCycle(RequestResponseCycle):
-    def send(self, message: Any) -> Awaitable[None]:  # type: ignore[override]
+    async def send(self, message: ASGISendEvent) -> None:
         if (
             self.response_started
             or message["type"] != "http.response.start"
@@ -67,25 +55,36 @@ class FastHeadCycle(RequestResponseCycle):
             or self.flow.write_paused
             or self.access_log
         ):
-            return super().send(message)
-        headers = self.default_headers + list(message.get("headers", []))
+            await super().send(message)
+            return
+        app_headers = message.get("headers", [])
+        if not isinstance(app_headers, list | tuple):
+            # Any iterable is allowed: read it once, for this check and for uvicorn's.
+            message = {**message, "headers": list(app_headers)}
+            app_headers = message["headers"]
+        headers = self.default_headers + list(app_headers)
         if len(headers) <= _FEW_FIELDS:
-            return super().send(message)
+            await super().send(message)
+            return
         try:
             names = [name.lower() for name, _ in headers]
             values = [value for _, value in headers]
             joined_names = _NAME_GLUE.join(names)
             joined_values = _VALUE_GLUE.join(values)
         except (TypeError, ValueError, AttributeError):
-            return super().send(message)  # not bytes: uvicorn raises its own error
+            await super().send(message)  # not pairs of bytes: uvicorn raises its own error
+            return
         if len(joined_names.translate(None, _BAD_NAME)) != len(joined_names) or len(
             joined_values.translate(None, _BAD_VALUE)
         ) != len(joined_values):
-            return super().send(message)  # uvicorn raises the error for the first bad field
+            await super().send(message)  # uvicorn raises the error for the first bad field
+            return
 
-        status_code = message["status"]
+        # From here in uvicorn's order, so a failure leaves the cycle in uvicorn's state.
         self.response_started = True
         self.waiting_for_100_continue = False
+        status_code = message["status"]
+        content = [STATUS_LINE[status_code]]
         has_connection_close = False
         for index in [i for i, name in enumerate(names) if name in _ACTED_ON]:
             name, value = names[index], values[index]
@@ -101,17 +100,14 @@ class FastHeadCycle(RequestResponseCycle):
                 if b"close" in connection:
                     self.keep_alive = False
                     has_connection_close = True
-        tail = [b"\r\n"]
+        content += (b"\r\n".join(map(_FIELD, zip(names, values, strict=True))), b"\r\n")
         if not self.keep_alive and not has_connection_close:
-            tail.append(b"connection: close\r\n")
+            content.append(b"connection: close\r\n")
         if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status_code not in (204, 304):
             self.chunked_encoding = True
-            tail.append(b"transfer-encoding: chunked\r\n")
-        tail.append(b"\r\n")
-        self.transport.write(
-            b"".join((STATUS_LINE[status_code], b"\r\n".join(map(_FIELD, zip(names, values, strict=True))), *tail))
-        )
-        return _DONE
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        self.transport.write(b"".join(content))
 
 
 class HttpToolsProtocol(_UvicornProtocol):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,26 +30,21 @@ def _get(app: FastAPI) -> httpx.Response:
 
 
 @pytest.fixture
-def apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FastAPI, FastAPI]]:
-    # Production refuses a database in a temporary folder: ./var, as benchmarks/scale.py does.
-    work = Path(__file__).resolve().parents[2] / "var" / f"test-floor-{secrets.token_hex(4)}"
-    work.mkdir(parents=True)
-    database = f"sqlite+aiosqlite:///{work / 'bench.db'}"
-    monkeypatch.setenv("BENCH_DATABASE_URL", database)
+def apps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FastAPI, FastAPI]:
+    monkeypatch.setenv("BENCH_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}")
     for name, value in {
         "STALWART_ENV": "production",
         "STALWART_SECRET_KEY": secrets.token_urlsafe(48),
         "STALWART_TRUSTED_PROXIES": "127.0.0.1/32",
-        "STALWART_DATABASE_URL": database,
-        "STALWART_DATA_DIR": str(work),
+        # Production refuses a SQLite file in a temporary folder, and the static route never
+        # reaches the database: a PostgreSQL URL that is never connected to (no lifespan here).
+        "STALWART_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        "STALWART_DATA_DIR": str(tmp_path / "data"),
         "STALWART_CORS_ORIGINS": "https://bench.example.com",
         "STALWART_RATE_LIMIT": "1000000000/hour",
     }.items():
         monkeypatch.setenv(name, value)
-    try:
-        yield scale_apps.floor_app(), scale_apps.full_app()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return scale_apps.floor_app(), scale_apps.full_app()
 
 
 def test_floor_sends_the_full_services_headers_and_body(apps: tuple[FastAPI, FastAPI]) -> None:

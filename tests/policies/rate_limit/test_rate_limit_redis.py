@@ -505,3 +505,62 @@ async def test_leases_are_bounded_and_ended_ones_make_room(
     now[0] += 901  # a's and b's shares end with their window
     await backend.hit("d", policy)
     assert backend.hit_nowait("d", policy) is not None
+
+
+async def test_remaining_stays_exact_when_a_share_is_topped_up(redis_client: Redis, key_prefix: str) -> None:
+    policy = parse_policy("2048/15minutes")  # shares of 2
+    others = backend_on(redis_client, key_prefix, lease_divisor=0)
+    await asyncio.gather(*(others.hit("k", policy) for _ in range(2040)))  # other instances' hits
+    backend = backend_on(redis_client, key_prefix)
+    first = asyncio.ensure_future(backend.hit("k", policy))
+    await asyncio.sleep(0)  # the first call is in flight; the second hit waits for the next one
+    second = asyncio.ensure_future(backend.hit("k", policy))
+    decisions = [await first, await second]
+    while (decision := backend.hit_nowait("k", policy)) is not None:
+        decisions.append(decision)
+    # The second waiter's count in Redis includes the first share's two unspent hits; the
+    # local hits count from the key's count without any unspent share (2046 - 4), down to the
+    # exact figure once every hit is spent. Never negative, never past the limit.
+    assert [d.remaining for d in decisions] == [7, 4, 5, 4, 3, 2]
+    assert await _count(redis_client, key_prefix + "k") == 2046
+
+
+async def test_a_share_ends_no_later_than_its_redis_window(redis_client: Redis, key_prefix: str) -> None:
+    now = [1000.0]
+    backend = backend_on(redis_client, key_prefix, clock=lambda: now[0])
+    evaluate = backend._evaluate
+
+    async def slow(batch: Any) -> Any:
+        replies = await evaluate(batch)
+        now[0] += 0.5  # the reply takes half a second to arrive
+        return replies
+
+    backend._evaluate = slow  # type: ignore[method-assign]
+    policy = parse_policy("10240/15minutes")
+    await backend.hit("k", policy)
+    now[0] = 1000.0 + 899.9
+    assert backend.hit_nowait("k", policy) is not None
+    # Redis's window (900 s from when it ran the script) is over: no hit from the old share,
+    # while other processes may be spending the new window's whole budget.
+    now[0] = 1000.0 + 900.1
+    assert backend.hit_nowait("k", policy) is None
+
+
+async def test_a_full_lease_table_is_swept_at_most_once_a_second(
+    redis_client: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_module, "MAX_LEASES", 2)
+    now = [1000.0]
+    backend = backend_on(redis_client, key_prefix, clock=lambda: now[0])
+    policy = parse_policy("10240/15minutes")
+    await backend.hit("a", policy)
+    await backend.hit("b", policy)
+    await backend.hit("c", policy)  # full of live shares: swept once, no room
+    table = backend._leases
+    for key in ("d", "e", "f"):
+        await backend.hit(key, policy)
+    assert backend._leases is table  # no pass over the table per new key
+    assert set(table) == {"a", "b"}
+    now[0] += 1.5
+    await backend.hit("g", policy)
+    assert backend._leases is not table  # swept again after a second

@@ -156,6 +156,7 @@ class RedisBackend:
         self.clock = clock
         self._leases: dict[str, _Lease] = {}
         self._lease_sizes: dict[Policy, int] = {}
+        self._next_sweep = 0.0
 
     def hit_nowait(self, key: str, policy: Policy) -> Decision | None:
         """The hit decided from this process's share of the key's budget, or None when there
@@ -226,6 +227,10 @@ class RedisBackend:
             self._flusher = None
 
     async def _send(self, batch: list[_Entry]) -> None:
+        # Shares end `reset_ms` after this, not after the reply arrives: Redis measured the
+        # time to reset later than now, so a share never outlives its Redis window (another
+        # process would already be spending the next window's budget).
+        sent_at = self.clock()
         try:
             async with asyncio.timeout(self.timeout):
                 replies = await self._evaluate(batch)
@@ -249,7 +254,7 @@ class RedisBackend:
                 granted = min(limit, before + len(waiters) + share) - before
                 left = granted - len(waiters)
                 if left > 0:
-                    self._lease(key, policy, left, before + len(waiters), now + reset_after, now)
+                    self._lease(key, policy, left, before + len(waiters), sent_at + reset_after, now)
             for future in waiters:
                 used += 1
                 hits += 1
@@ -266,6 +271,8 @@ class RedisBackend:
         STATS.rejections += rejections
 
     def _lease(self, key: str, policy: Policy, left: int, used: int, until: float, now: float) -> None:
+        """Give this process `left` hits of `key`'s budget; `used`: the key's count in Redis
+        without them."""
         leases = self._leases
         current = leases.get(key)
         if (
@@ -276,12 +283,17 @@ class RedisBackend:
             and current.limit_used <= used
         ):
             # A share still live from an earlier call in the same window (calls for one key
-            # can follow each other while hits wait): both are this process's to spend.
+            # can follow each other while hits wait): both are this process's to spend. Redis
+            # counted the earlier share's unspent hits in `used` already.
+            current.limit_used = used - current.left
             current.left += left
-            current.limit_used = used
             return
         if current is None and len(leases) >= MAX_LEASES:
-            # Drop spent and ended shares; if all are live, this key is counted hit by hit.
+            if now < self._next_sweep:
+                return  # full: this key is counted hit by hit
+            # Drop spent and ended shares, at most once a second: with every share live, a
+            # sweep per new key would cost a pass over the whole table each time.
+            self._next_sweep = now + 1.0
             self._leases = leases = {k: lease for k, lease in leases.items() if lease.left > 0 and now < lease.until}
             if len(leases) >= MAX_LEASES:
                 return
