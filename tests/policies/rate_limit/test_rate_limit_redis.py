@@ -16,7 +16,7 @@ from stalwart.policies.rate_limit import redis as redis_module
 from stalwart.policies.rate_limit.redis import logger as rate_limit_logger
 from tests.conftest import REDIS_URL
 
-from .conftest import client_for, limited_app, new_redis
+from .conftest import FakeClock, client_for, limited_app, new_redis
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -450,12 +450,12 @@ async def test_leased_shares_never_admit_more_than_the_shared_budget(redis_clien
 
 
 async def test_a_lease_ends_with_its_window(redis_client: Redis, key_prefix: str) -> None:
-    now = [1000.0]
-    backend = backend_on(redis_client, key_prefix, clock=lambda: now[0])
+    clock = FakeClock(1000.0)
+    backend = backend_on(redis_client, key_prefix, clock=clock)
     policy = parse_policy("10240/15minutes")
     await backend.hit("k", policy)
     assert backend.hit_nowait("k", policy) is not None
-    now[0] += 900  # this process's clock says the window is over
+    clock.advance(900)  # this process's clock says the window is over
     backend.clock_offset_ms = 900_000  # and so does Redis's
     assert backend.hit_nowait("k", policy) is None
     decision = await backend.hit("k", policy)
@@ -491,22 +491,6 @@ async def test_a_live_share_is_topped_up_not_replaced(redis_client: Redis, key_p
     assert await _count(redis_client, key_prefix + "k") == 22
 
 
-async def test_leases_are_bounded_and_ended_ones_make_room(
-    redis_client: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(redis_module, "MAX_LEASES", 2)
-    now = [1000.0]
-    backend = backend_on(redis_client, key_prefix, clock=lambda: now[0])
-    policy = parse_policy("10240/15minutes")
-    for key in ("a", "b", "c"):
-        await backend.hit(key, policy)
-    assert backend.hit_nowait("a", policy) is not None
-    assert backend.hit_nowait("c", policy) is None  # no room: counted in Redis hit by hit
-    now[0] += 901  # a's and b's shares end with their window
-    await backend.hit("d", policy)
-    assert backend.hit_nowait("d", policy) is not None
-
-
 async def test_remaining_stays_exact_when_a_share_is_topped_up(redis_client: Redis, key_prefix: str) -> None:
     policy = parse_policy("2048/15minutes")  # shares of 2
     others = backend_on(redis_client, key_prefix, lease_divisor=0)
@@ -526,41 +510,43 @@ async def test_remaining_stays_exact_when_a_share_is_topped_up(redis_client: Red
 
 
 async def test_a_share_ends_no_later_than_its_redis_window(redis_client: Redis, key_prefix: str) -> None:
-    now = [1000.0]
-    backend = backend_on(redis_client, key_prefix, clock=lambda: now[0])
+    clock = FakeClock(1000.0)
+    backend = backend_on(redis_client, key_prefix, clock=clock)
     evaluate = backend._evaluate
 
     async def slow(batch: Any) -> Any:
         replies = await evaluate(batch)
-        now[0] += 0.5  # the reply takes half a second to arrive
+        clock.advance(0.5)  # the reply takes half a second to arrive
         return replies
 
     backend._evaluate = slow  # type: ignore[method-assign]
     policy = parse_policy("10240/15minutes")
     await backend.hit("k", policy)
-    now[0] = 1000.0 + 899.9
+    clock.now = 1000.0 + 899.9
     assert backend.hit_nowait("k", policy) is not None
     # Redis's window (900 s from when it ran the script) is over: no hit from the old share,
     # while other processes may be spending the new window's whole budget.
-    now[0] = 1000.0 + 900.1
+    clock.now = 1000.0 + 900.1
     assert backend.hit_nowait("k", policy) is None
 
 
-async def test_a_full_lease_table_is_swept_at_most_once_a_second(
+async def test_the_lease_table_is_bounded_and_swept_at_most_once_a_second(
     redis_client: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(redis_module, "MAX_LEASES", 2)
-    now = [1000.0]
-    backend = backend_on(redis_client, key_prefix, clock=lambda: now[0])
+    clock = FakeClock(1000.0)
+    backend = backend_on(redis_client, key_prefix, clock=clock)
     policy = parse_policy("10240/15minutes")
-    await backend.hit("a", policy)
-    await backend.hit("b", policy)
-    await backend.hit("c", policy)  # full of live shares: swept once, no room
+    for key in ("a", "b", "c"):  # full of live shares at "c": swept once, no room
+        await backend.hit(key, policy)
+    assert backend.hit_nowait("a", policy) is not None
+    assert backend.hit_nowait("c", policy) is None  # counted in Redis hit by hit
     table = backend._leases
     for key in ("d", "e", "f"):
         await backend.hit(key, policy)
     assert backend._leases is table  # no pass over the table per new key
     assert set(table) == {"a", "b"}
-    now[0] += 1.5
+    clock.advance(901)  # a's and b's shares end with their window
     await backend.hit("g", policy)
-    assert backend._leases is not table  # swept again after a second
+    assert set(backend._leases) == {"g"}
+    assert backend.hit_nowait("g", policy) is not None
