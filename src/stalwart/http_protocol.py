@@ -16,7 +16,8 @@ and the cycle's state; uvicorn is pinned by the lock file.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
@@ -47,7 +48,17 @@ _FIELD = b": ".join
 
 
 class FastHeadCycle(RequestResponseCycle):
-    async def send(self, message: ASGISendEvent) -> None:
+    def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
+        # A plain method handing back a coroutine, as uvicorn's `async def send` does: bodies
+        # and short heads get uvicorn's own coroutine with no frame of ours around it.
+        if message.get("type") == "http.response.start" and not self.response_started:
+            fields = message.get("headers", [])
+            if not isinstance(fields, list | tuple) or len(self.default_headers) + len(fields) > _FEW_FIELDS:
+                return self._send_long_head(message)
+        return super().send(message)
+
+    async def _send_long_head(self, message: ASGISendEvent) -> None:
+        # Everything is checked again here, when awaited: the cycle may have changed since.
         if (
             self.response_started
             or message["type"] != "http.response.start"
@@ -60,8 +71,12 @@ class FastHeadCycle(RequestResponseCycle):
         app_headers = message.get("headers", [])
         if not isinstance(app_headers, list | tuple):
             # Any iterable is allowed: read it once, for this check and for uvicorn's.
-            message = {**message, "headers": list(app_headers)}
-            app_headers = message["headers"]
+            try:
+                app_headers = list(app_headers)
+            except TypeError:
+                await super().send(message)  # not iterable: uvicorn's error, in its state
+                return
+            message = {**message, "headers": app_headers}
         headers = self.default_headers + list(app_headers)
         if len(headers) <= _FEW_FIELDS:
             await super().send(message)
