@@ -157,6 +157,8 @@ class RedisBackend:
         self._leases: dict[str, _Lease] = {}
         self._lease_sizes: dict[Policy, int] = {}
         self._next_sweep = 0.0
+        # The shares asked for in the call in flight (`_plan_shares`); one call at a time.
+        self._planned: dict[tuple[str, Policy], int] = {}
 
     def hit_nowait(self, key: str, policy: Policy) -> Decision | None:
         """The hit decided from this process's share of the key's budget, or None when there
@@ -231,6 +233,7 @@ class RedisBackend:
         # time to reset later than now, so a share never outlives its Redis window (another
         # process would already be spending the next window's budget).
         sent_at = self.clock()
+        self._plan_shares(batch, sent_at)
         try:
             async with asyncio.timeout(self.timeout):
                 replies = await self._evaluate(batch)
@@ -247,7 +250,7 @@ class RedisBackend:
             reset_after = reset_ms / 1000
             limit = policy.limit
             used = before
-            share = self._lease_size(policy)
+            share = self._planned.get((key, policy), 0)
             if share:
                 # The script counted up to `share` hits beyond the waiters' (never past the
                 # limit): what the waiters leave of them is this process's to spend.
@@ -270,6 +273,35 @@ class RedisBackend:
         STATS.hits += hits
         STATS.rejections += rejections
 
+    def _plan_shares(self, batch: list[_Entry], now: float) -> None:
+        """Decide, before the call, which entries of `batch` also ask Redis for a share: only
+        those whose share the lease table will have room for (a share asked for and not kept
+        would be spent from the budget for nothing)."""
+        planned: dict[tuple[str, Policy], int] = {}
+        keys: set[str] = set()
+        leases = self._leases
+        room = -1  # not computed yet: most batches only top up keys already in the table
+        for key, policy, _ in batch:
+            share = self._lease_size(policy)
+            if not share or key in keys:
+                continue  # one share per key (a key under two policies keeps the first)
+            if key not in leases:
+                if room < 0:
+                    if len(leases) >= MAX_LEASES and now >= self._next_sweep:
+                        # Drop spent and ended shares, at most once a second: with every
+                        # share live, a sweep per call would cost a pass over the table.
+                        self._next_sweep = now + 1.0
+                        self._leases = leases = {
+                            k: lease for k, lease in leases.items() if lease.left > 0 and now < lease.until
+                        }
+                    room = MAX_LEASES - len(leases)
+                if room <= 0:
+                    continue  # full: this key is counted in Redis hit by hit
+                room -= 1
+            keys.add(key)
+            planned[(key, policy)] = share
+        self._planned = planned
+
     def _lease(self, key: str, policy: Policy, left: int, used: int, until: float, now: float) -> None:
         """Give this process `left` hits of `key`'s budget; `used`: the key's count in Redis
         without them."""
@@ -288,15 +320,6 @@ class RedisBackend:
             current.limit_used = used - current.left
             current.left += left
             return
-        if current is None and len(leases) >= MAX_LEASES:
-            if now < self._next_sweep:
-                return  # full: this key is counted hit by hit
-            # Drop spent and ended shares, at most once a second: with every share live, a
-            # sweep per new key would cost a pass over the whole table each time.
-            self._next_sweep = now + 1.0
-            self._leases = leases = {k: lease for k, lease in leases.items() if lease.left > 0 and now < lease.until}
-            if len(leases) >= MAX_LEASES:
-                return
         leases[key] = _Lease(policy, left, used, until)
 
     def _spec(self, policy: Policy) -> bytes:
@@ -310,7 +333,8 @@ class RedisBackend:
         parts = [b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (len(batch) + 5, _bulk(self._sha), _bulk(b"%d" % len(batch)))]
         parts += [_bulk((prefix + key).encode()) for key, _, _ in batch]
         parts.append(_bulk(b"%d" % self.clock_offset_ms))
-        parts.append(_bulk(b",".join([self._spec(p) + b"%d" % (len(w) + self._lease_size(p)) for _, p, w in batch])))
+        planned = self._planned
+        parts.append(_bulk(b",".join([self._spec(p) + b"%d" % (len(w) + planned.get((k, p), 0)) for k, p, w in batch])))
         return b"".join(parts)
 
     async def _evaluate(self, batch: list[_Entry]) -> list[tuple[int, int]]:
