@@ -28,7 +28,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from stalwart.http_protocol import HttpToolsProtocol
 from stalwart.logging_setup import uvicorn_log_config
 from stalwart.policies.shutdown import ShutdownMiddleware, drain_state
 from stalwart.server import (
@@ -102,7 +101,7 @@ def test_uvicorn_is_configured_for_production(tmp_path: Path) -> None:
     assert config.workers == 3
     assert (config.host, config.port) == ("127.0.0.1", 8123)
     assert config.loop == "uvloop"
-    assert config.http is HttpToolsProtocol  # uvicorn's httptools, faster long heads
+    assert config.http == "httptools"
     assert config.proxy_headers is False  # policies/proxies.py decides whom to trust
     assert config.server_header is False
     assert config.date_header is True

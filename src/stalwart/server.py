@@ -51,7 +51,6 @@ from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
-from stalwart.http_protocol import HttpToolsProtocol
 from stalwart.policies.shutdown import drain_state, is_draining
 
 if TYPE_CHECKING:
@@ -360,8 +359,7 @@ def build_config(
         port=port,
         workers=workers,
         loop="uvloop",
-        # uvicorn's httptools protocol with a faster response head (http_protocol.py).
-        http=HttpToolsProtocol,
+        http="httptools",
         lifespan="on",
         # The policy layer resolves the client address from trusted proxies only
         # (policies/proxies.py); uvicorn must not trust X-Forwarded-For on its own.
