@@ -205,7 +205,7 @@ def main() -> None:
                         help="route@database pairs to run, comma-separated (default: all)")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
-    plan = [(pair.split("@")[0], pair.split("@")[1]) for pair in args.routes.split(",")]
+    plan = [(route, db) for route, _, db in (pair.partition("@") for pair in args.routes.split(","))]
     if unknown := set(plan) - set(PLAN):
         parser.error(f"unknown routes: {sorted(unknown)}; known: {PLAN}")
 

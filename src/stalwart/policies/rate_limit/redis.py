@@ -155,7 +155,6 @@ class RedisBackend:
         self.lease_divisor = lease_divisor
         self.clock = clock
         self._leases: dict[str, _Lease] = {}
-        self._lease_sizes: dict[Policy, int] = {}
         self._next_sweep = 0.0
         # The shares asked for in the call in flight (`_plan_shares`); one call at a time.
         self._planned: dict[tuple[str, Policy], int] = {}
@@ -177,10 +176,7 @@ class RedisBackend:
         return Decision(True, policy.limit - lease.limit_used, lease.until - now, policy)
 
     def _lease_size(self, policy: Policy) -> int:
-        size = self._lease_sizes.get(policy)
-        if size is None:
-            size = self._lease_sizes[policy] = policy.limit // self.lease_divisor if self.lease_divisor > 0 else 0
-        return size
+        return policy.limit // self.lease_divisor if self.lease_divisor > 0 else 0
 
     async def hit(self, key: str, policy: Policy) -> Decision:
         decision = self.hit_nowait(key, policy)
