@@ -6,6 +6,7 @@
   compiled statements on asyncpg or aiosqlite, without the note cache).
 * `floor_app`: the bare app inside `FloorLayer`, one hand-written ASGI layer that produces what
   the policy makes visible on a trivial route and nothing else: the same response headers
+  (the fixed ones as one prepared block under `stalwart serve`, as the full service does)
   (the security set, `X-Request-ID`, `RateLimit-Policy`/`RateLimit` from a fixed-window count,
   `Vary`), one JSON access-log line, and a request count and latency bucket per route. No
   error boundary, no CORS, no body limit, no draining, no refusal path: a floor for what any
@@ -36,6 +37,7 @@ from stalwart.api.notes import note_out
 from stalwart.api.schemas import ListPage, NoteOut
 from stalwart.credentials import hash_token
 from stalwart.data.reads import NoteQuery
+from stalwart.policies.exchange import PREPARED_FIELDS, render_fields
 from stalwart.policies.headers import HELMET_HEADERS, JSON_CSP, hsts_value
 from stalwart.policies.request_log import ACCESS_LOG, anonymize_ip, new_request_id
 from stalwart.policies.timestamps import utc_timestamp
@@ -100,6 +102,9 @@ class FloorLayer:
         security["strict-transport-security"] = hsts_value(31_536_000)
         policy = f'"{_LIMIT}-in-1h"'.encode()
         self.fixed = [(name.encode(), value.encode()) for name, value in security.items()]
+        # Under `stalwart serve` the fixed fields go as one block rendered here, as the full
+        # service sends them (stalwart/prepared_fields.py): the floor is the cheapest way.
+        self.block = render_fields(self.fixed)
         self.ratelimit_policy = (b"ratelimit-policy", policy + b";q=%d;w=%d" % (_LIMIT, _WINDOW))
         self.state_prefix = policy + b";r="
         self.windows: dict[str, tuple[int, float]] = {}
@@ -124,8 +129,10 @@ class FloorLayer:
         if now >= reset:
             count, reset = 0, now + _WINDOW
         self.windows[client] = (count + 1, reset)
+        extensions = scope.get("extensions")
+        block = self.block if extensions is not None and PREPARED_FIELDS in extensions else None
         added = [
-            *self.fixed,
+            *(self.fixed if block is None else ()),
             (b"x-request-id", request_id.encode()),
             self.ratelimit_policy,
             (b"ratelimit", self.state_prefix + b"%d;t=%d" % (_LIMIT - count - 1, ceil(reset - now))),
@@ -137,6 +144,8 @@ class FloorLayer:
             if message["type"] == "http.response.start":
                 sent[0] = message["status"]
                 message["headers"] = [*message.get("headers", ()), *added]
+                if block is not None:
+                    message[PREPARED_FIELDS] = block
             else:
                 sent[1] += len(message.get("body", b""))
             return send(message)

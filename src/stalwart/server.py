@@ -52,6 +52,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from stalwart.policies.shutdown import drain_state, is_draining
+from stalwart.prepared_fields import PreparedFieldsProtocol
 
 if TYPE_CHECKING:
     # Not imported at run time: each worker imports this module before it can answer the
@@ -359,7 +360,8 @@ def build_config(
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol taking the policy's fields prepared at start-up.
+        http=PreparedFieldsProtocol,
         lifespan="on",
         # The policy layer resolves the client address from trusted proxies only
         # (policies/proxies.py); uvicorn must not trust X-Forwarded-For on its own.

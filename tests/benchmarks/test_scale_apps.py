@@ -10,9 +10,11 @@ import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from benchmarks import scale_apps
 from stalwart.policies import request_log
+from stalwart.policies.exchange import PREPARED_FIELDS
 
 # What the benchmark's client sends: one client behind a trusted proxy that terminated TLS.
 CLIENT = {"X-Forwarded-For": "203.0.113.10", "X-Forwarded-Proto": "https"}
@@ -20,7 +22,7 @@ CLIENT = {"X-Forwarded-For": "203.0.113.10", "X-Forwarded-Proto": "https"}
 PER_REQUEST = {"x-request-id", "ratelimit"}
 
 
-def _get(app: FastAPI) -> httpx.Response:
+def _get(app: ASGIApp) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
@@ -73,3 +75,27 @@ def test_floor_writes_one_access_log_line_per_request(
         200,
         len(scale_apps.BODY),
     )
+
+
+def test_under_stalwart_serve_floor_and_full_service_send_the_same_block(apps: tuple[FastAPI, FastAPI]) -> None:
+    """With the server's PREPARED_FIELDS extension both send the fixed fields as one block."""
+
+    def start_message(app: FastAPI) -> Message:
+        starts: list[Message] = []
+
+        async def server(scope: Scope, receive: Receive, send: Send) -> None:
+            async def record(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    starts.append(dict(message))
+                await send(message)
+
+            await app({**scope, "extensions": {PREPARED_FIELDS: {}}}, receive, record)
+
+        _get(server)
+        return starts[0]
+
+    floor, full = (start_message(app) for app in apps)
+    assert floor[PREPARED_FIELDS] == full[PREPARED_FIELDS]
+    assert floor[PREPARED_FIELDS].startswith(b"content-security-policy: default-src 'none'")
+    assert [n for n, _ in floor["headers"]] == [n for n, _ in full["headers"]]
+    assert b"x-frame-options" not in [n for n, _ in floor["headers"]]

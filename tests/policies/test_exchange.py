@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 from starlette.types import Message, Scope
 
-from stalwart.policies.exchange import EXCHANGE_KEY, Exchange, RawHeaders, merge_vary, watch
+from stalwart.policies.exchange import (
+    EXCHANGE_KEY,
+    PREPARED_FIELDS,
+    Exchange,
+    RawHeaders,
+    merge_vary,
+    render_fields,
+    watch,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -133,3 +141,55 @@ async def test_a_complete_response_unlinks_scope_and_exchange() -> None:
     assert exchange.scope is not scope
     assert exchange.status == 200
     assert exchange.body_size == 2
+
+
+def test_render_fields_writes_head_lines() -> None:
+    fields = [(b"x-frame-options", b"DENY"), (b"x-tab", b"a\tb"), (b"x-obs", "caf\u00e9".encode("latin-1"))]
+    assert render_fields(fields) == b"x-frame-options: DENY\r\nx-tab: a\tb\r\nx-obs: caf\xe9\r\n"
+    assert render_fields([]) == b""
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"X-Frame-Options", b"DENY"),  # servers lower-case names: a block must already be
+        (b"x frame", b"DENY"),
+        (b"x-a:", b"1"),
+        (b"", b"1"),
+        (b"x-a", b"1\r\nx-injected: 1"),
+        (b"x-a", b"1\n"),
+        (b"x-a", b"\x00"),
+        (b"x-a", b"\x7f"),
+        (b"content-length", b"0"),  # the server acts on these three: never in a block
+        (b"transfer-encoding", b"chunked"),
+        (b"connection", b"close"),
+    ],
+)
+def test_render_fields_refuses_what_cannot_go_in_a_block(field: tuple[bytes, bytes]) -> None:
+    assert render_fields([(b"x-ok", b"1"), field]) is None
+
+
+async def test_the_block_goes_to_the_server_only_when_it_takes_one() -> None:
+    for extensions, expected in (({PREPARED_FIELDS: {}}, True), ({}, False), (None, False)):
+        scope: Scope = http_scope()
+        if extensions is not None:
+            scope["extensions"] = extensions
+        server = Recorder()
+        exchange, send = watch(scope, server)
+        assert exchange.prepared is expected
+
+        def hook(ex: Exchange, headers: RawHeaders) -> None:
+            if ex.prepared:
+                ex.block += b"x-a: 1\r\n"
+            else:
+                headers.append((b"x-a", b"1"))
+
+        exchange.hooks.append(hook)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        start = server.messages[0]
+        if expected:
+            assert start[PREPARED_FIELDS] == b"x-a: 1\r\n"
+            assert start["headers"] == []
+        else:
+            assert PREPARED_FIELDS not in start
+            assert start["headers"] == [(b"x-a", b"1")]

@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stalwart.policies.errors import ErrorMiddleware
+from stalwart.policies.exchange import PREPARED_FIELDS
 from stalwart.policies.headers import (
     SecurityHeadersMiddleware,
     parse_header_overrides,
@@ -319,3 +320,62 @@ async def test_non_http_scope_passes_through_untouched() -> None:
     await SecurityHeadersMiddleware(app)({"type": "lifespan"}, receive, send)
     assert seen == ["lifespan"]
     assert messages == [{"type": "lifespan.startup.complete"}]
+
+
+def server_taking_prepared_fields(app: ASGIApp, blocks: list[bytes]) -> ASGIApp:
+    """`app` under a server that advertises PREPARED_FIELDS and writes blocks into the head."""
+
+    async def server(scope: Scope, receive: Receive, send: Send) -> None:
+        scope = {**scope, "extensions": {PREPARED_FIELDS: {}}}
+
+        async def write(message: Message) -> None:
+            block = message.pop(PREPARED_FIELDS, None)
+            if block is not None:
+                blocks.append(block)
+                fields = [line.split(b": ", 1) for line in block.split(b"\r\n")[:-1]]
+                message["headers"] = [*message["headers"], *((n, v) for n, v in fields)]
+            await send(message)
+
+        await app(scope, receive, write)
+
+    return server
+
+
+@pytest.mark.parametrize(
+    ("path", "block_used"),
+    [
+        ("/html", True),
+        ("/json", True),
+        ("/problem", True),
+        ("/empty", True),
+        ("/text", True),
+        ("/banner", True),
+        ("/me", True),
+        ("/me-cached", True),
+        ("/boom", True),
+        ("/missing", True),
+        ("/own-csp", False),  # the app's own CSP wins: the fields go one by one
+    ],
+)
+@pytest.mark.parametrize(
+    "middleware",
+    [
+        DEFAULT,
+        security_headers_middleware(settings(env="production")),
+        security_headers_middleware(settings(security_headers=["X-Frame-Options:", "X-Extra: 1"])),
+    ],
+)
+async def test_a_server_taking_prepared_fields_gets_the_same_fields_as_a_block(
+    path: str, block_used: bool, middleware: Middleware
+) -> None:
+    blocks: list[bytes] = []
+    plain = await get(make_app(middleware), path, base_url="https://testserver")
+    app = server_taking_prepared_fields(make_app(middleware), blocks)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+        prepared = await client.get(path)
+    assert prepared.status_code == plain.status_code
+    assert sorted(prepared.headers.multi_items()) == sorted(plain.headers.multi_items())
+    assert len(blocks) == int(block_used)
+    if block_used:
+        assert b"strict-transport-security: max-age=31536000; includeSubDomains\r\n" in blocks[0]

@@ -21,17 +21,35 @@ tokens merged into one `Vary` field. Every response of the request passes throug
 whichever layer sends it: a 500 from the error layer gets the RateLimit and CORS headers an
 inner layer recorded before the app failed, as helmet and express-rate-limit (which set
 their headers before the handler runs) do.
+
+Fields fixed at start-up can also be handed over already rendered. When the server
+advertises the `PREPARED_FIELDS` extension (`stalwart serve` does: stalwart/prepared_fields.py),
+`Exchange.prepared` is True and a hook may add a block from `render_fields` to
+`Exchange.block` instead of the fields to the list; the server writes it into the head
+without checking each field again. The block is invisible to layers outside the Exchange,
+which is why only fields no other layer reads go there (the security set).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.types import Message, Scope, Send
 
-__all__ = ["EXCHANGE_KEY", "Exchange", "RawHeaders", "StartHook", "merge_vary", "watch"]
+__all__ = [
+    "EXCHANGE_KEY",
+    "PREPARED_FIELDS",
+    "Exchange",
+    "RawHeaders",
+    "StartHook",
+    "merge_vary",
+    "render_fields",
+    "watch",
+]
 
 EXCHANGE_KEY = "stalwart.exchange"
+PREPARED_FIELDS = "stalwart.prepared_fields"
 
 RawHeaders = list[tuple[bytes, bytes]]
 StartHook = Callable[["Exchange", RawHeaders], None]
@@ -41,12 +59,42 @@ Vary field, so the merge looks at the app's own fields only."""
 
 _VARY = b"vary"
 _RELEASED: Scope = {}
+# RFC 9110 field names (tokens) and values (visible ASCII, obs-text, space, tab): stricter
+# than what servers accept, so a rendered block never holds what a server would refuse.
+_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# Fields a server acts on when it writes the head (framing, keep-alive): never in a block.
+_SERVER_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+
+
+def render_fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """`fields` as the lines of a response head, or None if one cannot go in a block.
+
+    Names must be lower case (servers lower-case them), valid tokens, and not one of the
+    fields the server acts on; values must hold no control character but tab.
+    """
+    lines = []
+    for name, value in fields:
+        if name in _SERVER_FIELDS or not _NAME.fullmatch(name) or not _VALUE.fullmatch(value):
+            return None
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(lines)
 
 
 class Exchange:
     """What the policy layers want done to one response, and what was sent."""
 
-    __slots__ = ("body_size", "headers", "hooks", "scope", "status", "upstream", "vary")
+    __slots__ = (
+        "block",
+        "body_size",
+        "headers",
+        "hooks",
+        "prepared",
+        "scope",
+        "status",
+        "upstream",
+        "vary",
+    )
 
     def __init__(self, scope: Scope, upstream: Send) -> None:
         self.scope = scope
@@ -54,6 +102,10 @@ class Exchange:
         self.hooks: list[StartHook] = []
         self.headers: RawHeaders = []
         self.vary: list[bytes] = []
+        extensions = scope.get("extensions")
+        # The server takes a rendered block (see the module docstring).
+        self.prepared = extensions is not None and PREPARED_FIELDS in extensions
+        self.block = b""
         # 0 until the response starts: layers read it to tell "not started" apart.
         self.status = 0
         self.body_size = 0
@@ -88,6 +140,8 @@ class Exchange:
                 if self.vary:
                     merge_vary(headers, self.vary, app_fields)
                 message["headers"] = headers
+                if self.block:
+                    message[PREPARED_FIELDS] = self.block
         return self.upstream(message)
 
 

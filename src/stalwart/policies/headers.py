@@ -22,7 +22,9 @@ in production an HTTP response carrying it means TLS is not where it should be.
 
 All header tuples are built once in `__init__`; per request the middleware only picks one
 of four prepared lists, in a hook on the request's shared response watcher
-(policies/exchange.py) rather than a `send` wrapper of its own.
+(policies/exchange.py) rather than a `send` wrapper of its own. Under a server that takes
+prepared fields (`stalwart serve`), a response that sets none of them gets the set as one
+block rendered at start-up, which the server does not check field by field again.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from stalwart.policies.exchange import Exchange, RawHeaders, watch
+from stalwart.policies.exchange import Exchange, RawHeaders, render_fields, watch
 from stalwart.settings import Settings
 
 __all__ = [
@@ -78,6 +80,9 @@ _CACHE_CONTROL = b"cache-control"
 _NO_STORE = (b"cache-control", b"no-store")
 _MEMO_SIZE = 256
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+_Prepared = tuple[tuple[tuple[bytes, bytes], ...], frozenset[bytes], bytes | None]
 
 
 def hsts_value(max_age: int, include_subdomains: bool = True, preload: bool = False) -> str:
@@ -159,15 +164,18 @@ class SecurityHeadersMiddleware:
                     headers[name] = value
             return _encode((name, value) for name, value in headers.items() if value)
 
-        # (is_json, is_https) -> (headers, their names); both lookups are booleans, so no
-        # per-request building. The names let a response that sets none of them take the
-        # whole prepared tuple in one extend.
-        self._sets: dict[tuple[bool, bool], tuple[tuple[tuple[bytes, bytes], ...], frozenset[bytes]]]
-        self._sets = {}
+        # (is_json, is_https) -> (headers, their names, the same rendered as a block);
+        # both lookups are booleans, so no per-request building. The names let a response
+        # that sets none of them take the whole prepared set at once.
+        self._sets: dict[tuple[bool, bool], _Prepared] = {}
         for is_json in (False, True):
             for is_https in (False, True):
                 prepared = build(data if is_json else document, is_https or hsts_over_http)
-                self._sets[is_json, is_https] = (prepared, frozenset(n for n, _ in prepared))
+                self._sets[is_json, is_https] = (
+                    prepared,
+                    frozenset(n for n, _ in prepared),
+                    render_fields(prepared) or None,
+                )
         self._no_store = no_store_authenticated
         # Raw Content-Type value -> is JSON: a handful of distinct values in practice.
         self._json_types: dict[bytes, bool] = {}
@@ -208,9 +216,12 @@ class SecurityHeadersMiddleware:
                 self._json_types[content_type] = cached
             is_json = cached
         scope = exchange.scope
-        prepared, prepared_names = self._sets[is_json, scope.get("scheme") == "https"]
+        prepared, prepared_names, block = self._sets[is_json, scope.get("scheme") == "https"]
         if present.isdisjoint(prepared_names):
-            headers.extend(prepared)
+            if block is not None and exchange.prepared:
+                exchange.block += block
+            else:
+                headers.extend(prepared)
         else:
             headers.extend(h for h in prepared if h[0] not in present)
         if self._no_store and _CACHE_CONTROL not in present:
