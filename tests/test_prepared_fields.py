@@ -169,7 +169,8 @@ def test_a_block_on_a_body_message_is_ignored() -> None:
     assert run(PreparedFieldsCycle, messages) == run(RequestResponseCycle, plain)
 
 
-def test_a_paused_transport_is_waited_for_before_the_head() -> None:
+@pytest.mark.parametrize("paused_again", [False, True])
+def test_a_paused_transport_is_waited_for_before_the_head(paused_again: bool) -> None:
     transport = Transport()
 
     async def go() -> None:
@@ -178,8 +179,13 @@ def test_a_paused_transport_is_waited_for_before_the_head() -> None:
         start = {"type": "http.response.start", "status": 200, "headers": [], PREPARED_FIELDS: BLOCK}
         sending = asyncio.ensure_future(cycle.send(start))
         await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert transport.written == []  # waiting for the transport, uvicorn's stand-in not in place
+        if paused_again:
+            # Resumed, and paused again before the sender ran: it must wait again.
+            cycle.flow.resume_writing()
+            cycle.flow.pause_writing()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert transport.written == []  # waiting, with the real transport in place
         assert cycle.transport is transport
         cycle.flow.resume_writing()
         await sending
@@ -187,3 +193,23 @@ def test_a_paused_transport_is_waited_for_before_the_head() -> None:
         assert cycle.transport is transport
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"x-a: 1\r\nx-b: 2\r\n\r\nHTTP/1.1 200 OK\r\n",  # a second response smuggled in
+        b"x-a: 1\nx-b: 2\r\n",
+        b"x-a: 1",  # no line end
+        b"X-A: 1\r\n",
+        b"content-length: 0\r\n",
+        b"connection: close\r\n",
+        b"x-a: \x00\r\n",
+        "x-a: 1\r\n",  # not bytes
+        [(b"x-a", b"1")],
+    ],
+)
+def test_a_block_the_policy_could_not_have_rendered_is_refused_before_the_response_starts(block: object) -> None:
+    messages = [{"type": "http.response.start", "status": 200, "headers": [], PREPARED_FIELDS: block}]
+    result = run(PreparedFieldsCycle, messages)
+    assert result == ("raised", RuntimeError, "Invalid prepared header block.", [])

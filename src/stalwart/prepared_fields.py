@@ -14,8 +14,10 @@ The hand-over is an ASGI extension (spec: "extensions" in the scope):
   message: complete `name: value\r\n` lines, lower-case names, none of the three fields the
   server acts on (Content-Length, Transfer-Encoding, Connection), every byte one uvicorn's
   own check accepts;
-* the cycle here lets uvicorn's own code write the head from the message's `headers` as
-  always, and inserts the block before the blank line that ends it.
+* the cycle here checks the block as uvicorn checks fields (once per distinct block: the
+  policy sends one of a few, built at start-up; a bad one fails before the response starts),
+  lets uvicorn's own code write the head from the message's `headers` as always, and inserts
+  the block before the blank line that ends it.
 
 Everything uvicorn does (its checks and errors, Content-Length, chunking, keep-alive, HEAD,
 flow control, the body) stays its own code, run unchanged: a start message without the
@@ -31,11 +33,14 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from stalwart.policies.exchange import PREPARED_FIELDS
+from stalwart.policies.exchange import PREPARED_FIELDS, is_rendered_block
 
 __all__ = ["PreparedFieldsCycle", "PreparedFieldsProtocol"]
 
 _BLANK_LINE = b"\r\n"
+# Blocks already checked (bytes compare by value; the same few objects come back).
+_CHECKED: set[bytes] = set()
+_MAX_CHECKED = 64
 
 
 class _Inserting:
@@ -63,10 +68,20 @@ class PreparedFieldsCycle(RequestResponseCycle):
             return super().send(message)
         return self._send_head(message, block)
 
-    async def _send_head(self, message: Any, block: bytes) -> None:
-        # uvicorn's own wait for a paused transport, done first, so that its `send` below
-        # cannot suspend: the stand-in transport is never seen by anything else.
-        if self.flow.write_paused and not self.disconnected:
+    async def _send_head(self, message: Any, block: object) -> None:
+        # uvicorn checks every field it writes; so is the block, once per distinct block (the
+        # policy sends one of a few, built at start-up). A bad one fails before the response
+        # starts, so uvicorn answers 500 as for any failure before a response.
+        if type(block) is not bytes or block not in _CHECKED:
+            if not is_rendered_block(block):
+                raise RuntimeError("Invalid prepared header block.")
+            assert isinstance(block, bytes)
+            if len(_CHECKED) < _MAX_CHECKED:
+                _CHECKED.add(block)
+        # uvicorn's own wait for a paused transport, done first (until it stays resumed), so
+        # that its `send` below cannot suspend: the stand-in transport is never seen by
+        # anything else.
+        while self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         transport = self.transport
         self.transport = _Inserting(transport, block)  # type: ignore[assignment]

@@ -12,6 +12,7 @@ from stalwart.policies.exchange import (
     PREPARED_FIELDS,
     Exchange,
     RawHeaders,
+    is_rendered_block,
     merge_vary,
     render_fields,
     watch,
@@ -193,3 +194,54 @@ async def test_the_block_goes_to_the_server_only_when_it_takes_one() -> None:
         else:
             assert PREPARED_FIELDS not in start
             assert start["headers"] == [(b"x-a", b"1")]
+
+
+async def test_a_block_from_an_inner_exchange_reaches_the_outer_hooks_as_fields() -> None:
+    scope: Scope = {**http_scope(), "extensions": {PREPARED_FIELDS: {}}}
+    server = Recorder()
+    outer, outer_send = watch(scope, server)
+    seen: list[RawHeaders] = []
+    outer.hooks.append(lambda ex, headers: seen.append(list(headers)))
+    inner, inner_send = watch(dict(scope), outer_send)  # a copy of the scope: its own Exchange
+    assert inner is not outer
+
+    def hook(ex: Exchange, headers: RawHeaders) -> None:
+        ex.block += b"x-a: 1\r\nx-b: 2 3\r\n"
+
+    inner.hooks.append(hook)
+    await inner_send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+    assert seen == [[(b"content-length", b"0"), (b"x-a", b"1"), (b"x-b", b"2 3")]]
+    start = server.messages[0]
+    assert PREPARED_FIELDS not in start  # the outer hooks added no block of their own
+    assert start["headers"] == [(b"content-length", b"0"), (b"x-a", b"1"), (b"x-b", b"2 3")]
+
+
+async def test_each_response_start_builds_its_own_block() -> None:
+    scope: Scope = {**http_scope(), "extensions": {PREPARED_FIELDS: {}}}
+    server = Recorder()
+    exchange, send = watch(scope, server)
+
+    def hook(ex: Exchange, headers: RawHeaders) -> None:
+        ex.block += b"x-a: 1\r\n"
+        ex.block_names = frozenset({b"x-a"})
+
+    exchange.hooks.append(hook)
+    for _ in range(2):  # a server other than uvicorn may let a layer start twice
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+    assert [m[PREPARED_FIELDS] for m in server.messages] == [b"x-a: 1\r\n", b"x-a: 1\r\n"]
+
+
+@pytest.mark.parametrize(
+    ("block", "valid"),
+    [
+        (b"", True),
+        (b"x-a: 1\r\nx-b: \r\n", True),
+        (b"x-a: 1\r\n\r\n", False),
+        (b"x-a: 1\r\nx-content-length: 2\r\n", True),
+        (b"x-a: 1\r\ncontent-length: 2\r\n", False),
+        (b"x-a: 1\rx-b: 2\r\n", False),
+        ("x-a: 1\r\n", False),
+    ],
+)
+def test_is_rendered_block(block: object, valid: bool) -> None:
+    assert is_rendered_block(block) is valid

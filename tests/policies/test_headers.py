@@ -16,13 +16,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stalwart.policies.errors import ErrorMiddleware
-from stalwart.policies.exchange import PREPARED_FIELDS
 from stalwart.policies.headers import (
     SecurityHeadersMiddleware,
     parse_header_overrides,
     security_headers_middleware,
 )
 from stalwart.settings import Settings
+from tests.prepared_server import taking_prepared_fields
 
 pytestmark = pytest.mark.anyio
 
@@ -132,7 +132,7 @@ def make_app(middleware: Middleware, static_dir: Path | None = None) -> Starlett
     return Starlette(routes=routes, middleware=[middleware, Middleware(ErrorMiddleware)])
 
 
-async def get(app: Starlette, path: str, base_url: str = "http://testserver") -> httpx.Response:
+async def get(app: ASGIApp, path: str, base_url: str = "http://testserver") -> httpx.Response:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
         return await client.get(path)
@@ -322,24 +322,6 @@ async def test_non_http_scope_passes_through_untouched() -> None:
     assert messages == [{"type": "lifespan.startup.complete"}]
 
 
-def server_taking_prepared_fields(app: ASGIApp, blocks: list[bytes]) -> ASGIApp:
-    """`app` under a server that advertises PREPARED_FIELDS and writes blocks into the head."""
-
-    async def server(scope: Scope, receive: Receive, send: Send) -> None:
-        scope = {**scope, "extensions": {PREPARED_FIELDS: {}}}
-
-        async def write(message: Message) -> None:
-            block = message.pop(PREPARED_FIELDS, None)
-            if block is not None:
-                blocks.append(block)
-                fields = [line.split(b": ", 1) for line in block.split(b"\r\n")[:-1]]
-                message["headers"] = [*message["headers"], *((n, v) for n, v in fields)]
-            await send(message)
-
-        await app(scope, receive, write)
-
-    return server
-
 
 @pytest.mark.parametrize(
     ("path", "block_used"),
@@ -370,7 +352,7 @@ async def test_a_server_taking_prepared_fields_gets_the_same_fields_as_a_block(
 ) -> None:
     blocks: list[bytes] = []
     plain = await get(make_app(middleware), path, base_url="https://testserver")
-    app = server_taking_prepared_fields(make_app(middleware), blocks)
+    app = taking_prepared_fields(make_app(middleware), blocks)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
         prepared = await client.get(path)
@@ -379,3 +361,25 @@ async def test_a_server_taking_prepared_fields_gets_the_same_fields_as_a_block(
     assert len(blocks) == int(block_used)
     if block_used:
         assert b"strict-transport-security: max-age=31536000; includeSubDomains\r\n" in blocks[0]
+
+
+def nested_app(copy_scope: bool) -> ASGIApp:
+    """The policy's security layer outside a sub-app that sends its own, looser set."""
+    inner = SecurityHeadersMiddleware(html_app, csp="default-src 'self' https://cdn.example")
+
+    async def sub_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await inner(dict(scope) if copy_scope else scope, receive, send)
+
+    return SecurityHeadersMiddleware(sub_app)
+
+
+async def html_app(scope: Scope, receive: Receive, send: Send) -> None:
+    await HTMLResponse("<p>")(scope, receive, send)
+
+
+@pytest.mark.parametrize("copy_scope", [False, True])
+async def test_a_nested_security_layer_wins_with_or_without_prepared_fields(copy_scope: bool) -> None:
+    plain = await get(nested_app(copy_scope), "/")
+    prepared = await get(taking_prepared_fields(nested_app(copy_scope)), "/")
+    assert plain.headers.get_list("content-security-policy") == ["default-src 'self' https://cdn.example"]
+    assert sorted(prepared.headers.multi_items()) == sorted(plain.headers.multi_items())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from tests.conftest import signup
+from tests.prepared_server import taking_prepared_fields
 from tests.security.helpers import concrete_paths
 
 pytestmark = [
@@ -47,6 +50,16 @@ DOCUMENT_SET = {
     ),
     "x-frame-options": "SAMEORIGIN",
 }
+
+
+@pytest.fixture(params=["fields", "prepared block"])
+async def client(app: FastAPI, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """Each test twice: under a plain ASGI server (the fields one by one) and under one that
+    takes the policy's prepared fields as a block, as `stalwart serve` does."""
+    served = app if request.param == "fields" else taking_prepared_fields(app)
+    transport = httpx.ASGITransport(app=served, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
 
 
 def assert_security_headers(response: httpx.Response) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "Exchange",
     "RawHeaders",
     "StartHook",
+    "is_rendered_block",
     "merge_vary",
     "render_fields",
     "watch",
@@ -65,6 +66,12 @@ _NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 # Fields a server acts on when it writes the head (framing, keep-alive): never in a block.
 _SERVER_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+# A whole block as render_fields makes it, for a server that checks what it is handed.
+_BLOCK = re.compile(
+    rb"(?:(?!(?:content-length|transfer-encoding|connection):)"
+    rb"[!#$%&'*+.^_`|~0-9a-z-]+: [\t\x20-\x7e\x80-\xff]*\r\n)*"
+)
+_NO_NAMES: frozenset[bytes] = frozenset()
 
 
 def render_fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes | None:
@@ -81,11 +88,25 @@ def render_fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     return b"".join(lines)
 
 
+def is_rendered_block(block: object) -> bool:
+    """True if `block` is bytes that `render_fields` could have returned."""
+    return type(block) is bytes and _BLOCK.fullmatch(block) is not None
+
+
+def _block_fields(block: bytes) -> RawHeaders:
+    fields: RawHeaders = []
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        fields.append((name, value))
+    return fields
+
+
 class Exchange:
     """What the policy layers want done to one response, and what was sent."""
 
     __slots__ = (
         "block",
+        "block_names",
         "body_size",
         "headers",
         "hooks",
@@ -105,7 +126,9 @@ class Exchange:
         extensions = scope.get("extensions")
         # The server takes a rendered block (see the module docstring).
         self.prepared = extensions is not None and PREPARED_FIELDS in extensions
+        # Built by hooks at each response start: the rendered fields and their names.
         self.block = b""
+        self.block_names = _NO_NAMES
         # 0 until the response starts: layers read it to tell "not started" apart.
         self.status = 0
         self.body_size = 0
@@ -130,6 +153,13 @@ class Exchange:
             if self.hooks or self.headers or self.vary:
                 # A fresh list: the app may reuse the list it sent (a Response's raw_headers).
                 headers: RawHeaders = list(message.get("headers", ()))
+                inner_block = message.get(PREPARED_FIELDS)
+                if inner_block is not None:
+                    # The Exchange of an inner copy of the scope handed over a block: back to
+                    # fields, so that this one's hooks see them as the app's own.
+                    del message[PREPARED_FIELDS]
+                    headers += _block_fields(inner_block)
+                self.block, self.block_names = b"", _NO_NAMES
                 # Hooks add no Vary field (they record tokens in `vary`), so only the app's
                 # own fields need looking at when merging.
                 app_fields = len(headers)

@@ -205,6 +205,8 @@ class SecurityHeadersMiddleware:
             present.add(lname)
         if stripped:
             headers[:] = [header for header in headers if header[0].lower() not in _STRIPPED]
+        if exchange.block_names:
+            present |= exchange.block_names  # another security layer's block, inside this one
         if content_type is None:
             is_json = True  # no body type: nothing to render, so the strict set
         else:
@@ -220,6 +222,9 @@ class SecurityHeadersMiddleware:
         if present.isdisjoint(prepared_names):
             if block is not None and exchange.prepared:
                 exchange.block += block
+                exchange.block_names = (
+                    exchange.block_names | prepared_names if exchange.block_names else prepared_names
+                )
             else:
                 headers.extend(prepared)
         else:
