@@ -75,7 +75,6 @@ class PreparedFieldsCycle(RequestResponseCycle):
         if type(block) is not bytes or block not in _CHECKED:
             if not is_rendered_block(block):
                 raise RuntimeError("Invalid prepared header block.")
-            assert isinstance(block, bytes)
             if len(_CHECKED) < _MAX_CHECKED:
                 _CHECKED.add(block)
         # uvicorn's own wait for a paused transport, done first (until it stays resumed), so

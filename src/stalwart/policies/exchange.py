@@ -25,7 +25,8 @@ their headers before the handler runs) do.
 Fields fixed at start-up can also be handed over already rendered. When the server
 advertises the `PREPARED_FIELDS` extension (`stalwart serve` does: stalwart/prepared_fields.py),
 `Exchange.prepared` is True and a hook may add a block from `render_fields` to
-`Exchange.block` instead of the fields to the list; the server writes it into the head
+`Exchange.block` (and its field names to `Exchange.block_names`, which later hooks treat as
+present) instead of the fields to the list; the server writes it into the head
 without checking each field again. The block is invisible to layers outside the Exchange,
 which is why only fields no other layer reads go there (the security set).
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeGuard
 
 from starlette.types import Message, Scope, Send
 
@@ -62,14 +64,16 @@ _VARY = b"vary"
 _RELEASED: Scope = {}
 # RFC 9110 field names (tokens) and values (visible ASCII, obs-text, space, tab): stricter
 # than what servers accept, so a rendered block never holds what a server would refuse.
-_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")
-_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_NAME_PATTERN = rb"[!#$%&'*+.^_`|~0-9a-z-]+"
+_VALUE_PATTERN = rb"[\t\x20-\x7e\x80-\xff]*"
+_NAME = re.compile(_NAME_PATTERN)
+_VALUE = re.compile(_VALUE_PATTERN)
 # Fields a server acts on when it writes the head (framing, keep-alive): never in a block.
 _SERVER_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 # A whole block as render_fields makes it, for a server that checks what it is handed.
 _BLOCK = re.compile(
     rb"(?:(?!(?:content-length|transfer-encoding|connection):)"
-    rb"[!#$%&'*+.^_`|~0-9a-z-]+: [\t\x20-\x7e\x80-\xff]*\r\n)*"
+    + _NAME_PATTERN + rb": " + _VALUE_PATTERN + rb"\r\n)*"
 )
 _NO_NAMES: frozenset[bytes] = frozenset()
 
@@ -88,7 +92,7 @@ def render_fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     return b"".join(lines)
 
 
-def is_rendered_block(block: object) -> bool:
+def is_rendered_block(block: object) -> TypeGuard[bytes]:
     """True if `block` is bytes that `render_fields` could have returned."""
     return type(block) is bytes and _BLOCK.fullmatch(block) is not None
 
