@@ -37,7 +37,7 @@ from stalwart.api.notes import note_out
 from stalwart.api.schemas import ListPage, NoteOut
 from stalwart.credentials import hash_token
 from stalwart.data.reads import NoteQuery
-from stalwart.policies.exchange import PREPARED_FIELDS, render_fields
+from stalwart.policies.exchange import BLOCK, PREPARED_FIELDS, render_fields
 from stalwart.policies.headers import HELMET_HEADERS, JSON_CSP, hsts_value
 from stalwart.policies.request_log import ACCESS_LOG, anonymize_ip, new_request_id
 from stalwart.policies.timestamps import utc_timestamp
@@ -130,7 +130,8 @@ class FloorLayer:
             count, reset = 0, now + _WINDOW
         self.windows[client] = (count + 1, reset)
         extensions = scope.get("extensions")
-        block = self.block if extensions is not None and PREPARED_FIELDS in extensions else None
+        slot = extensions.get(PREPARED_FIELDS) if extensions is not None else None
+        block = self.block if type(slot) is dict else None
         added = [
             *(self.fixed if block is None else ()),
             (b"x-request-id", request_id.encode()),
@@ -145,7 +146,7 @@ class FloorLayer:
                 sent[0] = message["status"]
                 message["headers"] = [*message.get("headers", ()), *added]
                 if block is not None:
-                    message[PREPARED_FIELDS] = block
+                    slot[BLOCK] = block
             else:
                 sent[1] += len(message.get("body", b""))
             return send(message)

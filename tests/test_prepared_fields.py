@@ -9,7 +9,7 @@ import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from stalwart.policies.exchange import PREPARED_FIELDS, render_fields
+from stalwart.policies.exchange import BLOCK, PREPARED_FIELDS, render_fields
 from stalwart.prepared_fields import PreparedFieldsCycle
 
 Headers = list[tuple[bytes, bytes]]
@@ -21,7 +21,7 @@ POLICY_FIELDS: Headers = [
     (b"referrer-policy", b"no-referrer"),
     (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
 ]
-BLOCK = render_fields(POLICY_FIELDS)
+POLICY_BLOCK = render_fields(POLICY_FIELDS)
 DATE = (b"date", b"Fri, 27 Nov 2026 01:00:00 GMT")
 
 
@@ -49,8 +49,10 @@ class Transport:
         pass
 
 
-def new_cycle(cls: type[RequestResponseCycle], transport: Transport, method: str, keep_alive: bool) -> Any:
-    return cls(
+def new_cycle(
+    cls: type[RequestResponseCycle], transport: Transport, method: str, keep_alive: bool, block: object = None
+) -> Any:
+    cycle = cls(
         scope={"type": "http", "method": method, "headers": [], "http_version": "1.1"},  # type: ignore[typeddict-item]
         transport=transport,  # type: ignore[arg-type]
         flow=FlowControl(transport),  # type: ignore[arg-type]
@@ -63,16 +65,25 @@ def new_cycle(cls: type[RequestResponseCycle], transport: Transport, method: str
         keep_alive=keep_alive,
         on_response=lambda: None,
     )
+    if cls is PreparedFieldsCycle:
+        # As PreparedFieldsProtocol sets it up; the app leaves its block there.
+        cycle.prepared = {} if block is None else {BLOCK: block}
+    return cycle
 
 
 def run(
-    cls: type[RequestResponseCycle], messages: list[dict[str, Any]], *, method: str = "GET", keep_alive: bool = True
+    cls: type[RequestResponseCycle],
+    messages: list[dict[str, Any]],
+    *,
+    method: str = "GET",
+    keep_alive: bool = True,
+    block: object = None,
 ) -> tuple[object, ...]:
     """Send `messages` through a cycle of `cls`: what it wrote and its state, or what it raised."""
     transport = Transport()
 
     async def go() -> tuple[object, ...]:
-        cycle = new_cycle(cls, transport, method, keep_alive)
+        cycle = new_cycle(cls, transport, method, keep_alive, block)
         try:
             for message in messages:
                 await cycle.send(message)
@@ -102,13 +113,13 @@ def head_lines(written: list[bytes]) -> tuple[bytes, list[bytes], bytes]:
 
 
 def responses(headers: Headers, body: bytes, status: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The same response: policy fields in `headers` (uvicorn) and as a block (prepared)."""
+    """The same response: policy fields in `headers` (uvicorn), and without them (the block)."""
     plain = [
         {"type": "http.response.start", "status": status, "headers": [*headers, *POLICY_FIELDS]},
         {"type": "http.response.body", "body": body},
     ]
     prepared = [
-        {"type": "http.response.start", "status": status, "headers": headers, PREPARED_FIELDS: BLOCK},
+        {"type": "http.response.start", "status": status, "headers": headers},
         {"type": "http.response.body", "body": body},
     ]
     return plain, prepared
@@ -133,40 +144,47 @@ def test_the_block_lands_in_the_head_and_everything_else_is_uvicorns(
 ) -> None:
     plain, prepared = responses(headers, body, status)
     expected = run(RequestResponseCycle, plain, method=method, keep_alive=keep_alive)
-    actual = run(PreparedFieldsCycle, prepared, method=method, keep_alive=keep_alive)
+    actual = run(PreparedFieldsCycle, prepared, method=method, keep_alive=keep_alive, block=POLICY_BLOCK)
     assert actual[1:] == expected[1:]  # response state, keep-alive, framing
     assert head_lines(actual[0]) == head_lines(expected[0])  # type: ignore[arg-type]
     # One write for the head, as uvicorn makes it; the block ends before the blank line.
     head = actual[0][0]  # type: ignore[index]
-    assert head.endswith(BLOCK + b"\r\n")  # type: ignore[operator]
+    assert head.endswith(POLICY_BLOCK + b"\r\n")  # type: ignore[operator]
     assert head.count(b"\r\n\r\n") == 1  # type: ignore[attr-defined]
 
 
-def test_without_the_key_the_bytes_are_uvicorns() -> None:
+@pytest.mark.parametrize("slot_block", [None, b""])
+def test_without_a_block_the_bytes_are_uvicorns(slot_block: bytes | None) -> None:
     messages = [
         {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2"), *POLICY_FIELDS]},
         {"type": "http.response.body", "body": b"ok"},
     ]
-    assert run(PreparedFieldsCycle, messages) == run(RequestResponseCycle, messages)
+    assert run(PreparedFieldsCycle, messages, block=slot_block) == run(RequestResponseCycle, messages)
 
 
 def test_a_bad_field_beside_a_block_fails_as_in_uvicorn() -> None:
     bad: Headers = [(b"x-bad", b"a\r\nb")]
     plain, prepared = responses(bad, b"", 200)
     expected = run(RequestResponseCycle, plain)
-    actual = run(PreparedFieldsCycle, prepared)
+    actual = run(PreparedFieldsCycle, prepared, block=POLICY_BLOCK)
     assert actual == expected
     assert actual[:3] == ("raised", RuntimeError, "Invalid HTTP header value.")
 
 
-def test_a_block_on_a_body_message_is_ignored() -> None:
+def test_a_block_in_a_message_is_not_taken() -> None:
+    """Only the request's extension dict carries a block: a message key is no way in."""
     messages = [
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]},
-        {"type": "http.response.body", "body": b"ok", PREPARED_FIELDS: BLOCK},
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", b"2")],
+            PREPARED_FIELDS: POLICY_BLOCK,
+        },
+        {"type": "http.response.body", "body": b"ok", PREPARED_FIELDS: POLICY_BLOCK},
     ]
-    plain = [dict(m) for m in messages]
-    del plain[1][PREPARED_FIELDS]
-    assert run(PreparedFieldsCycle, messages) == run(RequestResponseCycle, plain)
+    written = run(PreparedFieldsCycle, messages)[0]
+    assert written == run(RequestResponseCycle, messages)[0]
+    assert b"x-frame-options" not in b"".join(written)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("paused_again", [False, True])
@@ -174,9 +192,9 @@ def test_a_paused_transport_is_waited_for_before_the_head(paused_again: bool) ->
     transport = Transport()
 
     async def go() -> None:
-        cycle = new_cycle(PreparedFieldsCycle, transport, "GET", True)
+        cycle = new_cycle(PreparedFieldsCycle, transport, "GET", True, POLICY_BLOCK)
         cycle.flow.pause_writing()
-        start = {"type": "http.response.start", "status": 200, "headers": [], PREPARED_FIELDS: BLOCK}
+        start = {"type": "http.response.start", "status": 200, "headers": []}
         sending = asyncio.ensure_future(cycle.send(start))
         await asyncio.sleep(0)
         if paused_again:
@@ -189,7 +207,7 @@ def test_a_paused_transport_is_waited_for_before_the_head(paused_again: bool) ->
         assert cycle.transport is transport
         cycle.flow.resume_writing()
         await sending
-        assert transport.written[0].endswith(BLOCK + b"\r\n")  # type: ignore[operator]
+        assert transport.written[0].endswith(POLICY_BLOCK + b"\r\n")  # type: ignore[operator]
         assert cycle.transport is transport
 
     asyncio.run(go())
@@ -206,10 +224,13 @@ def test_a_paused_transport_is_waited_for_before_the_head(paused_again: bool) ->
         b"connection: close\r\n",
         b"x-a: \x00\r\n",
         "x-a: 1\r\n",  # not bytes
+        "",
         [(b"x-a", b"1")],
+        [],
+        bytearray(b"x-a: 1\r\n"),
     ],
 )
 def test_a_block_the_policy_could_not_have_rendered_is_refused_before_the_response_starts(block: object) -> None:
-    messages = [{"type": "http.response.start", "status": 200, "headers": [], PREPARED_FIELDS: block}]
-    result = run(PreparedFieldsCycle, messages)
+    messages = [{"type": "http.response.start", "status": 200, "headers": []}]
+    result = run(PreparedFieldsCycle, messages, block=block)
     assert result == ("raised", RuntimeError, "Invalid prepared header block.", [])

@@ -9,20 +9,22 @@ Those fields never change after start-up, so the policy layer renders and checks
 
 The hand-over is an ASGI extension (spec: "extensions" in the scope):
 
-* this protocol puts `PREPARED_FIELDS` in each request's `scope["extensions"]`;
-* a layer that sees it may put bytes under the same key in its `http.response.start`
-  message: complete `name: value\r\n` lines, lower-case names, none of the three fields the
-  server acts on (Content-Length, Transfer-Encoding, Connection), every byte one uvicorn's
-  own check accepts;
+* this protocol puts a fresh dict under `PREPARED_FIELDS` in each request's
+  `scope["extensions"]`;
+* before the response starts, the app may put bytes in that dict under `BLOCK`: complete
+  `name: value\r\n` lines, lower-case names, none of the three fields the server acts on
+  (Content-Length, Transfer-Encoding, Connection), every byte one uvicorn's own check
+  accepts. In the request's dict rather than in the start message, so that a layer outside
+  the app's policy stack that builds a new start message cannot drop the fields;
 * the cycle here checks the block as uvicorn checks fields (once per distinct block: the
   policy sends one of a few, built at start-up; a bad one fails before the response starts),
   lets uvicorn's own code write the head from the message's `headers` as always, and inserts
   the block before the blank line that ends it.
 
 Everything uvicorn does (its checks and errors, Content-Length, chunking, keep-alive, HEAD,
-flow control, the body) stays its own code, run unchanged: a start message without the
-key, a WebSocket, or a server without this protocol behave exactly as in uvicorn, and the
-policy layer then sends the same fields in `headers`. uvicorn is pinned by the lock file;
+flow control, the body) stays its own code, run unchanged: a response without a block, a
+WebSocket, or a server without this protocol behave exactly as in uvicorn, and the policy
+layer then sends the same fields in `headers`. uvicorn is pinned by the lock file;
 tests/test_prepared_fields.py compares the bytes written with and without the block.
 """
 
@@ -33,7 +35,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from stalwart.policies.exchange import PREPARED_FIELDS, is_rendered_block
+from stalwart.policies.exchange import BLOCK, PREPARED_FIELDS, is_rendered_block
 
 __all__ = ["PreparedFieldsCycle", "PreparedFieldsProtocol"]
 
@@ -58,13 +60,16 @@ class _Inserting:
 
 
 class PreparedFieldsCycle(RequestResponseCycle):
+    # The request's extension dict (set by PreparedFieldsProtocol when it makes the cycle).
+    prepared: dict[str, object]
+
     def send(self, message: Any) -> Awaitable[None]:  # type: ignore[override]
         # A plain method handing back uvicorn's coroutine: bodies, and heads without a
-        # block, cost one dict lookup more than in uvicorn.
+        # block, cost a comparison or a dict lookup more than in uvicorn.
         if self.response_started or message["type"] != "http.response.start":
             return super().send(message)
-        block = message.get(PREPARED_FIELDS)
-        if not block:
+        block = self.prepared.get(BLOCK)
+        if block is None:
             return super().send(message)
         return self._send_head(message, block)
 
@@ -102,5 +107,7 @@ class PreparedFieldsProtocol(HttpToolsProtocol):
         # before the app sees the scope. A WebSocket upgrade builds no cycle.
         if cycle is not previous and type(cycle) is RequestResponseCycle:
             cycle.__class__ = PreparedFieldsCycle
-            extensions = cycle.scope.setdefault("extensions", {})
-            extensions[PREPARED_FIELDS] = {}
+            slot: dict[str, object] = {}
+            cycle.prepared = slot  # type: ignore[attr-defined]
+            extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
+            extensions[PREPARED_FIELDS] = slot

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -14,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from benchmarks import scale_apps
 from stalwart.policies import request_log
-from stalwart.policies.exchange import PREPARED_FIELDS
+from stalwart.policies.exchange import BLOCK, PREPARED_FIELDS
 
 # What the benchmark's client sends: one client behind a trusted proxy that terminated TLS.
 CLIENT = {"X-Forwarded-For": "203.0.113.10", "X-Forwarded-Proto": "https"}
@@ -80,22 +81,24 @@ def test_floor_writes_one_access_log_line_per_request(
 def test_under_stalwart_serve_floor_and_full_service_send_the_same_block(apps: tuple[FastAPI, FastAPI]) -> None:
     """With the server's PREPARED_FIELDS extension both send the fixed fields as one block."""
 
-    def start_message(app: FastAPI) -> Message:
-        starts: list[Message] = []
+    def start_message(app: FastAPI) -> tuple[Message, bytes]:
+        starts: list[tuple[Message, bytes]] = []
 
         async def server(scope: Scope, receive: Receive, send: Send) -> None:
+            slot: dict[str, Any] = {}
+
             async def record(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    starts.append(dict(message))
+                    starts.append((dict(message), slot[BLOCK]))
                 await send(message)
 
-            await app({**scope, "extensions": {PREPARED_FIELDS: {}}}, receive, record)
+            await app({**scope, "extensions": {PREPARED_FIELDS: slot}}, receive, record)
 
         _get(server)
         return starts[0]
 
-    floor, full = (start_message(app) for app in apps)
-    assert floor[PREPARED_FIELDS] == full[PREPARED_FIELDS]
-    assert floor[PREPARED_FIELDS].startswith(b"content-security-policy: default-src 'none'")
+    (floor, floor_block), (full, full_block) = (start_message(app) for app in apps)
+    assert floor_block == full_block
+    assert floor_block.startswith(b"content-security-policy: default-src 'none'")
     assert [n for n, _ in floor["headers"]] == [n for n, _ in full["headers"]]
     assert b"x-frame-options" not in [n for n, _ in floor["headers"]]

@@ -443,7 +443,7 @@ def test_failed_instances_are_taken_out_by_nginx(cluster: Cluster) -> None:
     retries what it can (refused or reset before any byte reached the client) and takes it
     out; only a request whose response headers that instance had already sent when it died
     cannot be saved (nginx had relayed them), so a failure is allowed only for a request in
-    flight on the killed instance at the instant of the kill.
+    flight on the killed instance while it was being killed.
     """
     cluster.ensure_running()
     drained, victim = cluster.instances[2], cluster.instances[1]
@@ -470,15 +470,17 @@ def test_failed_instances_are_taken_out_by_nginx(cluster: Cluster) -> None:
 
     served = cluster.served_by()
     assert [o for o in load.outcomes[:drained_outcomes] if not o.ok] == []
+    # SIGKILL is not instant: a request nginx sent to the victim between kill() and the
+    # process's end can have had its headers relayed too. "At the kill" is that window.
     in_flight_on_victim = {
-        o.rid for o in load.outcomes if o.started < killed_at < o.ended
+        o.rid for o in load.outcomes if o.started < dead_at and o.ended > killed_at
         and served.get(o.rid) == victim_at
     }
     failed = load.failures()
     assert {o.rid for o in failed} <= in_flight_on_victim, failed
     after = [o for o in load.outcomes if o.started > dead_at]
     assert len(after) >= 100, len(after)
-    assert [o for o in load.outcomes if o.started > killed_at and not o.ok] == []
+    assert [o for o in after if not o.ok] == []
 
     # Every request after the kill was served by the last instance standing; those nginx
     # first sent to a stopped instance were retried there.

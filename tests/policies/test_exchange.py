@@ -8,6 +8,7 @@ import pytest
 from starlette.types import Message, Scope
 
 from stalwart.policies.exchange import (
+    BLOCK,
     EXCHANGE_KEY,
     PREPARED_FIELDS,
     Exchange,
@@ -171,7 +172,8 @@ def test_render_fields_refuses_what_cannot_go_in_a_block(field: tuple[bytes, byt
 
 
 async def test_the_block_goes_to_the_server_only_when_it_takes_one() -> None:
-    for extensions, expected in (({PREPARED_FIELDS: {}}, True), ({}, False), (None, False)):
+    cases = (({PREPARED_FIELDS: {}}, True), ({PREPARED_FIELDS: True}, False), ({}, False), (None, False))
+    for extensions, expected in cases:
         scope: Scope = http_scope()
         if extensions is not None:
             scope["extensions"] = extensions
@@ -188,16 +190,17 @@ async def test_the_block_goes_to_the_server_only_when_it_takes_one() -> None:
         exchange.hooks.append(hook)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         start = server.messages[0]
+        assert PREPARED_FIELDS not in start  # in the request's dict, never in the message
         if expected:
-            assert start[PREPARED_FIELDS] == b"x-a: 1\r\n"
+            assert scope["extensions"][PREPARED_FIELDS] == {BLOCK: b"x-a: 1\r\n"}
             assert start["headers"] == []
         else:
-            assert PREPARED_FIELDS not in start
             assert start["headers"] == [(b"x-a", b"1")]
 
 
 async def test_a_block_from_an_inner_exchange_reaches_the_outer_hooks_as_fields() -> None:
-    scope: Scope = {**http_scope(), "extensions": {PREPARED_FIELDS: {}}}
+    slot: dict[str, object] = {}
+    scope: Scope = {**http_scope(), "extensions": {PREPARED_FIELDS: slot}}
     server = Recorder()
     outer, outer_send = watch(scope, server)
     seen: list[RawHeaders] = []
@@ -211,15 +214,25 @@ async def test_a_block_from_an_inner_exchange_reaches_the_outer_hooks_as_fields(
     inner.hooks.append(hook)
     await inner_send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
     assert seen == [[(b"content-length", b"0"), (b"x-a", b"1"), (b"x-b", b"2 3")]]
-    start = server.messages[0]
-    assert PREPARED_FIELDS not in start  # the outer hooks added no block of their own
-    assert start["headers"] == [(b"content-length", b"0"), (b"x-a", b"1"), (b"x-b", b"2 3")]
+    assert slot == {}  # the outer hooks added no block of their own
+    assert server.messages[0]["headers"] == [(b"content-length", b"0"), (b"x-a", b"1"), (b"x-b", b"2 3")]
+
+
+async def test_a_bad_block_left_by_an_inner_layer_is_refused() -> None:
+    slot: dict[str, object] = {BLOCK: b"x-a: 1\r\n\r\nHTTP/1.1 200 OK\r\n"}
+    scope: Scope = {**http_scope(), "extensions": {PREPARED_FIELDS: slot}}
+    exchange, send = watch(scope, Recorder())
+    exchange.headers.append((b"x-b", b"1"))
+    with pytest.raises(RuntimeError, match="Invalid prepared header block"):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
 
 
 async def test_each_response_start_builds_its_own_block() -> None:
-    scope: Scope = {**http_scope(), "extensions": {PREPARED_FIELDS: {}}}
+    slot: dict[str, object] = {}
+    scope: Scope = {**http_scope(), "extensions": {PREPARED_FIELDS: slot}}
     server = Recorder()
     exchange, send = watch(scope, server)
+    blocks = []
 
     def hook(ex: Exchange, headers: RawHeaders) -> None:
         ex.block += b"x-a: 1\r\n"
@@ -228,7 +241,8 @@ async def test_each_response_start_builds_its_own_block() -> None:
     exchange.hooks.append(hook)
     for _ in range(2):  # a server other than uvicorn may let a layer start twice
         await send({"type": "http.response.start", "status": 200, "headers": []})
-    assert [m[PREPARED_FIELDS] for m in server.messages] == [b"x-a: 1\r\n", b"x-a: 1\r\n"]
+        blocks.append(slot.pop(BLOCK))
+    assert blocks == [b"x-a: 1\r\n", b"x-a: 1\r\n"]
 
 
 @pytest.mark.parametrize(

@@ -342,9 +342,11 @@ async def test_non_http_scope_passes_through_untouched() -> None:
 @pytest.mark.parametrize(
     "middleware",
     [
-        DEFAULT,
-        security_headers_middleware(settings(env="production")),
-        security_headers_middleware(settings(security_headers=["X-Frame-Options:", "X-Extra: 1"])),
+        Middleware(SecurityHeadersMiddleware, prepared_fields=True),
+        security_headers_middleware(settings(env="production"), prepared_fields=lambda: True),
+        security_headers_middleware(
+            settings(security_headers=["X-Frame-Options:", "X-Extra: 1"]), prepared_fields=True
+        ),
     ],
 )
 async def test_a_server_taking_prepared_fields_gets_the_same_fields_as_a_block(
@@ -364,13 +366,14 @@ async def test_a_server_taking_prepared_fields_gets_the_same_fields_as_a_block(
 
 
 def nested_app(copy_scope: bool) -> ASGIApp:
-    """The policy's security layer outside a sub-app that sends its own, looser set."""
-    inner = SecurityHeadersMiddleware(html_app, csp="default-src 'self' https://cdn.example")
+    """The policy's security layer outside a sub-app that sends its own, looser set (both
+    taking prepared fields, the worst case: each would hand its set over as a block)."""
+    inner = SecurityHeadersMiddleware(html_app, csp="default-src 'self' https://cdn.example", prepared_fields=True)
 
     async def sub_app(scope: Scope, receive: Receive, send: Send) -> None:
         await inner(dict(scope) if copy_scope else scope, receive, send)
 
-    return SecurityHeadersMiddleware(sub_app)
+    return SecurityHeadersMiddleware(sub_app, prepared_fields=True)
 
 
 async def html_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -383,3 +386,12 @@ async def test_a_nested_security_layer_wins_with_or_without_prepared_fields(copy
     prepared = await get(taking_prepared_fields(nested_app(copy_scope)), "/")
     assert plain.headers.get_list("content-security-policy") == ["default-src 'self' https://cdn.example"]
     assert sorted(prepared.headers.multi_items()) == sorted(plain.headers.multi_items())
+
+
+@pytest.mark.parametrize("prepared_fields", [False, lambda: False])
+async def test_without_prepared_fields_no_block_even_under_a_server_that_takes_one(prepared_fields: object) -> None:
+    blocks: list[bytes] = []
+    middleware = Middleware(SecurityHeadersMiddleware, prepared_fields=prepared_fields)
+    response = await get(taking_prepared_fields(make_app(middleware), blocks), "/json")
+    assert blocks == []
+    assert response.headers["x-frame-options"] == "DENY"

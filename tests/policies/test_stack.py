@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stalwart.policies.body_limit import BodyLimitMiddleware
 from stalwart.policies.compression import CompressionMiddleware
@@ -22,6 +23,7 @@ from stalwart.policies.shutdown import ShutdownMiddleware
 from stalwart.policies.stack import install_policies, policy_middleware
 from stalwart.settings import Settings
 from tests.conftest import make_settings
+from tests.prepared_server import taking_prepared_fields
 
 PRODUCTION = {
     "env": "production",
@@ -168,3 +170,68 @@ async def test_a_request_through_the_stack_leaves_no_reference_cycle(tmp_path: P
         gc.enable()
     assert statuses == [200] * 41
     assert cyclic == []
+
+
+def _hello_app(tmp_path: Path) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    install_policies(app, make_settings(tmp_path))
+    return app
+
+
+class _RebuildsStart:
+    """A layer outside the policy stack that sends a new start message of its own, dropping
+    X-Frame-Options from the fields it can see (as a user's embed-page middleware might)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def rebuilt(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(n, v) for n, v in message.get("headers", ()) if n != b"x-frame-options"]
+                message = {"type": message["type"], "status": message["status"], "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, rebuilt)
+
+
+async def _get_hello(app: ASGIApp) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 1234))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        return await c.get("/hello")
+
+
+@pytest.mark.anyio
+async def test_the_stack_hands_the_security_set_over_as_a_block_when_outermost(tmp_path: Path) -> None:
+    blocks: list[bytes] = []
+    response = await _get_hello(taking_prepared_fields(_hello_app(tmp_path), blocks))
+    assert len(blocks) == 1
+    assert blocks[0].startswith(b"content-security-policy: default-src 'none'; frame-ancestors 'none'\r\n")
+    assert response.headers.get_list("x-frame-options") == ["DENY"]
+
+
+@pytest.mark.anyio
+async def test_a_layer_added_outside_the_stack_sees_and_changes_the_fields(tmp_path: Path) -> None:
+    app = _hello_app(tmp_path)
+    app.add_middleware(_RebuildsStart)  # outside the policy stack: no block, fields as tuples
+    blocks: list[bytes] = []
+    response = await _get_hello(taking_prepared_fields(app, blocks))
+    assert blocks == []
+    assert "x-frame-options" not in response.headers  # the outer layer's edit holds
+    assert response.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+
+
+@pytest.mark.anyio
+async def test_a_wrapper_around_the_whole_app_cannot_drop_the_block(tmp_path: Path) -> None:
+    """A wrapper the app cannot see (not added with add_middleware) builds a new start message:
+    the block is in the request's extension dict, not the message, so it still reaches the head."""
+    blocks: list[bytes] = []
+    response = await _get_hello(taking_prepared_fields(_RebuildsStart(_hello_app(tmp_path)), blocks))
+    assert len(blocks) == 1
+    assert response.headers.get_list("x-frame-options") == ["DENY"]
+    assert response.headers["x-content-type-options"] == "nosniff"

@@ -26,9 +26,13 @@ Fields fixed at start-up can also be handed over already rendered. When the serv
 advertises the `PREPARED_FIELDS` extension (`stalwart serve` does: stalwart/prepared_fields.py),
 `Exchange.prepared` is True and a hook may add a block from `render_fields` to
 `Exchange.block` (and its field names to `Exchange.block_names`, which later hooks treat as
-present) instead of the fields to the list; the server writes it into the head
-without checking each field again. The block is invisible to layers outside the Exchange,
-which is why only fields no other layer reads go there (the security set).
+present) instead of the fields to the list. At the response start the Exchange puts the block
+in the request's extension dict (`scope["extensions"][PREPARED_FIELDS]["block"]`), not in the
+message, and the server writes it into that request's head: a layer outside that builds a new
+start message cannot lose it. It cannot see or change those fields either, which is why a
+layer uses a block only when nothing outside the policy stack can want to (see
+`policies/stack.py:install_policies`), and only for the fields no policy layer outside it
+reads (the security set).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import TypeGuard
 from starlette.types import Message, Scope, Send
 
 __all__ = [
+    "BLOCK",
     "EXCHANGE_KEY",
     "PREPARED_FIELDS",
     "Exchange",
@@ -53,6 +58,8 @@ __all__ = [
 
 EXCHANGE_KEY = "stalwart.exchange"
 PREPARED_FIELDS = "stalwart.prepared_fields"
+BLOCK = "block"
+"""Key of the rendered block in the request's `PREPARED_FIELDS` extension dict."""
 
 RawHeaders = list[tuple[bytes, bytes]]
 StartHook = Callable[["Exchange", RawHeaders], None]
@@ -116,6 +123,7 @@ class Exchange:
         "hooks",
         "prepared",
         "scope",
+        "slot",
         "status",
         "upstream",
         "vary",
@@ -128,8 +136,10 @@ class Exchange:
         self.headers: RawHeaders = []
         self.vary: list[bytes] = []
         extensions = scope.get("extensions")
-        # The server takes a rendered block (see the module docstring).
-        self.prepared = extensions is not None and PREPARED_FIELDS in extensions
+        # The server takes a rendered block in this dict (see the module docstring).
+        slot = extensions.get(PREPARED_FIELDS) if extensions is not None else None
+        self.slot: dict[str, object] | None = slot if type(slot) is dict else None
+        self.prepared = self.slot is not None
         # Built by hooks at each response start: the rendered fields and their names.
         self.block = b""
         self.block_names = _NO_NAMES
@@ -157,12 +167,15 @@ class Exchange:
             if self.hooks or self.headers or self.vary:
                 # A fresh list: the app may reuse the list it sent (a Response's raw_headers).
                 headers: RawHeaders = list(message.get("headers", ()))
-                inner_block = message.get(PREPARED_FIELDS)
-                if inner_block is not None:
-                    # The Exchange of an inner copy of the scope handed over a block: back to
-                    # fields, so that this one's hooks see them as the app's own.
-                    del message[PREPARED_FIELDS]
-                    headers += _block_fields(inner_block)
+                slot = self.slot
+                if slot is not None:
+                    inner_block = slot.pop(BLOCK, None)
+                    if inner_block is not None:
+                        # The Exchange of an inner copy of the scope handed over a block: back
+                        # to fields, so that this one's hooks see them as the app's own.
+                        if not is_rendered_block(inner_block):
+                            raise RuntimeError("Invalid prepared header block.")
+                        headers += _block_fields(inner_block)
                 self.block, self.block_names = b"", _NO_NAMES
                 # Hooks add no Vary field (they record tokens in `vary`), so only the app's
                 # own fields need looking at when merging.
@@ -174,8 +187,8 @@ class Exchange:
                 if self.vary:
                     merge_vary(headers, self.vary, app_fields)
                 message["headers"] = headers
-                if self.block:
-                    message[PREPARED_FIELDS] = self.block
+                if self.block and slot is not None:
+                    slot[BLOCK] = self.block
         return self.upstream(message)
 
 

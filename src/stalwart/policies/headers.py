@@ -22,15 +22,18 @@ in production an HTTP response carrying it means TLS is not where it should be.
 
 All header tuples are built once in `__init__`; per request the middleware only picks one
 of four prepared lists, in a hook on the request's shared response watcher
-(policies/exchange.py) rather than a `send` wrapper of its own. Under a server that takes
-prepared fields (`stalwart serve`), a response that sets none of them gets the set as one
-block rendered at start-up, which the server does not check field by field again.
+(policies/exchange.py) rather than a `send` wrapper of its own. With `prepared_fields` on
+(`install_policies` turns it on when the policy stack is the app's outermost middleware) and
+under a server that takes prepared fields (`stalwart serve`), a response that sets none of
+them gets the set as one block rendered at start-up, which the server does not check field
+by field again. Off by default: a layer outside this one could no longer see or change the
+fields.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -140,8 +143,12 @@ class SecurityHeadersMiddleware:
         permissions_policy: str | None = None,
         no_store_authenticated: bool = True,
         overrides: Mapping[str, str | None] | Sequence[str] = (),
+        prepared_fields: bool | Callable[[], bool] = False,
     ) -> None:
         self.app = app
+        # A callable is asked here, once: Starlette builds the middleware when it starts, when
+        # the list of layers outside this one is final.
+        use_block = prepared_fields() if callable(prepared_fields) else prepared_fields
         if not isinstance(overrides, Mapping):
             overrides = parse_header_overrides(overrides)
         overrides = {name.lower(): value for name, value in overrides.items()}
@@ -174,7 +181,7 @@ class SecurityHeadersMiddleware:
                 self._sets[is_json, is_https] = (
                     prepared,
                     frozenset(n for n, _ in prepared),
-                    render_fields(prepared) or None,
+                    (render_fields(prepared) or None) if use_block else None,
                 )
         self._no_store = no_store_authenticated
         # Raw Content-Type value -> is JSON: a handful of distinct values in practice.
@@ -238,7 +245,9 @@ class SecurityHeadersMiddleware:
                 headers.append(_NO_STORE)
 
 
-def security_headers_middleware(settings: Settings) -> Middleware:
+def security_headers_middleware(
+    settings: Settings, prepared_fields: bool | Callable[[], bool] = False
+) -> Middleware:
     """SecurityHeadersMiddleware configured from `settings` (slot 4 of the policy stack)."""
     return Middleware(
         SecurityHeadersMiddleware,
@@ -249,4 +258,5 @@ def security_headers_middleware(settings: Settings) -> Middleware:
         hsts_over_http=not settings.is_production,
         permissions_policy=settings.permissions_policy or None,
         overrides=parse_header_overrides(settings.security_headers),
+        prepared_fields=prepared_fields,
     )

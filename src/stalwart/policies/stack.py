@@ -6,6 +6,7 @@ Middleware is listed outermost first and added in reverse, because each
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,10 +28,14 @@ from stalwart.settings import Settings
 __all__ = ["install_policies", "policy_middleware"]
 
 
-def policy_middleware(settings: Settings, resources: Any = None) -> list[Middleware]:
+def policy_middleware(
+    settings: Settings, resources: Any = None, prepared_fields: bool | Callable[[], bool] = False
+) -> list[Middleware]:
     """The policy middleware for `settings`, outermost first.
 
     `resources` (the service's Resources) shares its Redis client with the rate limiter.
+    `prepared_fields`: whether the security headers may go to the server as one block
+    (policies/exchange.py), or a callable asked when the app builds its middleware.
     """
     stack: list[Middleware] = []
     # 1. client address and scheme from trusted proxies only (policies/proxies.py)
@@ -47,7 +52,7 @@ def policy_middleware(settings: Settings, resources: Any = None) -> list[Middlew
     if (metrics := metrics_middleware(settings, resources)) is not None:
         stack.append(metrics)
     # 4. security headers on every response, errors included (policies/headers.py)
-    stack.append(security_headers_middleware(settings))
+    stack.append(security_headers_middleware(settings, prepared_fields))
     stack.append(Middleware(ErrorMiddleware, debug=settings.debug and not settings.is_production))
     # 6. HTTPS only in production (policies/https.py)
     if (https_redirect := https_redirect_middleware(settings)) is not None:
@@ -66,7 +71,19 @@ def policy_middleware(settings: Settings, resources: Any = None) -> list[Middlew
 
 
 def install_policies(app: Starlette, settings: Settings, resources: Any = None) -> None:
-    """Wrap `app` in the policy stack and make its errors problem+json."""
+    """Wrap `app` in the policy stack and make its errors problem+json.
+
+    Under `stalwart serve` the security headers go to the server as one prepared block
+    (policies/exchange.py), which layers outside the stack cannot see or change. So that is
+    done only if, when the app starts, the stack is still its outermost middleware: a layer
+    added afterwards with `add_middleware` (decorated functions too) gets the fields one by one.
+    """
     install_error_handlers(app, settings)
-    for middleware in reversed(policy_middleware(settings, resources)):
+    outermost: list[Middleware] = []
+
+    def still_outermost() -> bool:
+        return app.user_middleware[:1] == outermost
+
+    for middleware in reversed(policy_middleware(settings, resources, still_outermost)):
         app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
+    outermost.append(app.user_middleware[0])
