@@ -1,17 +1,21 @@
-"""Swagger UI with self-hosted assets and no inline script, so it works under a strict CSP."""
+"""Swagger UI with self-hosted assets and no inline script, so it works under a strict CSP.
+
+The assets come from the `fastapi-offline` package (Swagger UI 5, which reads the OpenAPI 3.1
+document FastAPI writes; Swagger UI 4 refuses it): only its static folder is used.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import swagger_ui_bundle
+import fastapi_offline
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
 __all__ = ["SWAGGER_DIR", "router", "swagger_assets"]
 
-SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
+SWAGGER_DIR = Path(fastapi_offline.__file__).parent / "static"
 
 router = APIRouter(include_in_schema=False)
 
@@ -20,6 +24,7 @@ _PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>Stalwart API</title>
+<link rel="icon" type="image/png" href="/docs/assets/favicon.png">
 <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
 </head>
 <body>
