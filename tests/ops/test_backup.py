@@ -10,11 +10,12 @@ from pathlib import Path
 
 import anyio.to_thread
 import pytest
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from stalwart.cli import app as cli_app
 from stalwart.data.engine import Database
-from stalwart.data.models import Note
+from stalwart.data.models import AuditEvent, Note, Token
 from stalwart.data.types import utcnow
 from stalwart.ops.archive import ArchiveError, Manifest, extract_data, write_archive
 from stalwart.ops.backup import create_backup, list_archives
@@ -213,3 +214,39 @@ async def test_created_at_precedes_the_snapshot(ops_settings: Settings) -> None:
     before = utcnow()
     result = await create_backup(ops_settings)
     assert before <= result.manifest.created_at <= utcnow()
+
+
+@pytest.mark.anyio
+async def test_restore_revokes_every_token_so_no_logout_is_undone(ops_settings: Settings) -> None:
+    """A token revoked after the backup is live in the archive: restore revokes them all."""
+    await seed(ops_settings, accounts=3, notes=2)
+    result = await create_backup(ops_settings)
+    db = Database(ops_settings)
+    await db.start()
+    try:
+        async with db.session() as session:
+            token_ids = list((await session.execute(select(Token.id))).scalars())
+            assert len(token_ids) == 3
+            # One owner logs out after the backup.
+            await session.execute(update(Token).where(Token.id == token_ids[0]).values(revoked_at=utcnow()))
+            await session.commit()
+    finally:
+        await db.close()
+
+    restored = await anyio.to_thread.run_sync(restore_archive, ops_settings, result.path)
+
+    assert restored.tokens_revoked == 3
+    db = Database(ops_settings)
+    await db.start()
+    try:
+        async with db.session() as session:
+            live = (await session.execute(select(Token.id).where(Token.revoked_at.is_(None)))).all()
+            assert live == []
+            for token_hash in (await session.execute(select(Token.token_hash))).scalars():
+                assert await db.reads.principal(token_hash) is None
+            details = (
+                await session.execute(select(AuditEvent.details).where(AuditEvent.event == "backup.restored"))
+            ).scalar_one()
+            assert details["tokens_revoked"] == 3
+    finally:
+        await db.close()

@@ -262,3 +262,4 @@ def restore_command(
     )
     _say(f"rows: {_counts(report.counts)}")
     _say(f"schema migrated to {report.revision or 'base'}; erasures re-applied from the ledger: {report.reapplied}")
+    _say(f"bearer tokens revoked (everyone signs in again): {report.tokens_revoked}")

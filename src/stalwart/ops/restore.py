@@ -7,7 +7,8 @@ restored file's integrity and row counts. A refused archive changes nothing.
 Applying is atomic: SQLite through the online backup API in one step (one write
 transaction on the target); PostgreSQL through `psql --single-transaction` running a prelude
 that drops the current tables, the dump, and a check of every row count against the manifest.
-Then the schema is migrated to head and the erasure ledger re-applied.
+Then the schema is migrated to head, the erasure ledger re-applied and every bearer token
+revoked (a revocation made after the archive would otherwise be undone).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import URL, make_url
 
 from stalwart.data.engine import Database
 from stalwart.data.migrate import current_revision, head_revision, migrate_to
-from stalwart.data.models import Account
+from stalwart.data.models import Account, Token
+from stalwart.data.types import utcnow
 from stalwart.ops import erasure_ledger, pg
 from stalwart.ops.archive import (
     ArchiveError,
@@ -58,6 +60,7 @@ class RestoreReport:
     reapplied: int
     created_database: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    tokens_revoked: int = 0
 
 
 def _check_revision(manifest: Manifest) -> None:
@@ -251,11 +254,23 @@ async def reapply_erasures(settings: Settings, since: datetime | None = None) ->
         await db.close()
 
 
-async def _record_restore(settings: Settings, manifest: Manifest, name: str, reapplied: int) -> None:
+async def _revoke_tokens_and_record(
+    settings: Settings, manifest: Manifest, name: str, reapplied: int
+) -> int:
+    """Revoke every bearer token the archive brought back, and record the restore.
+
+    A token revoked after the archive was made (a logout, a token the owner knew leaked) is
+    live again in the archive, and nothing says which: all of them go, in the transaction that
+    records the restore, and everyone signs in again. Returns how many were revoked.
+    """
     db = Database(settings)
     await db.start()
     try:
         async with db.session() as session:
+            revoked = await session.execute(
+                update(Token).where(Token.revoked_at.is_(None)).values(revoked_at=utcnow())
+            )
+            count = int(getattr(revoked, "rowcount", 0) or 0)
             record(
                 session,
                 "backup.restored",
@@ -264,15 +279,18 @@ async def _record_restore(settings: Settings, manifest: Manifest, name: str, rea
                     "archive": name,
                     "created_at": manifest.created_at.isoformat(),
                     "erasures_reapplied": reapplied,
+                    "tokens_revoked": count,
                 },
             )
             await session.commit()
+            return count
     finally:
         await db.close()
 
 
 def restore_archive(settings: Settings, path: Path) -> RestoreReport:
-    """Replace the configured database with the archive's, migrate to head, re-apply erasures."""
+    """Replace the configured database with the archive's, migrate to head, re-apply erasures,
+    revoke every bearer token."""
     url = make_url(settings.effective_database_url)
     backend = url.get_backend_name()
     with tempfile.TemporaryDirectory(prefix="stalwart-restore-") as tmp:
@@ -290,5 +308,7 @@ def restore_archive(settings: Settings, path: Path) -> RestoreReport:
             counts = dict(manifest.row_counts)
     migrate_to(settings.effective_database_url, "head")
     reapplied = asyncio.run(reapply_erasures(settings, since=manifest.created_at))
-    asyncio.run(_record_restore(settings, manifest, path.name, reapplied))
-    return RestoreReport(manifest, current_revision(settings.effective_database_url), reapplied, created, counts)
+    revoked = asyncio.run(_revoke_tokens_and_record(settings, manifest, path.name, reapplied))
+    return RestoreReport(
+        manifest, current_revision(settings.effective_database_url), reapplied, created, counts, revoked
+    )
