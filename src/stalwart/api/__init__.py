@@ -3,6 +3,7 @@
 from fastapi import APIRouter, FastAPI
 
 from stalwart.api import accounts, admin, admin_data, auth, dashboard, docs, health, me, monitor, notes, trash
+from stalwart.api.methods import HeadAsGet, MethodNotAllowed
 from stalwart.api.params import NulParameterGuard
 
 __all__ = ["include_api"]
@@ -17,6 +18,11 @@ ROUTERS: tuple[APIRouter, ...] = tuple(
 def include_api(app: FastAPI) -> None:
     for router in ROUTERS:
         app.include_router(router)
+    # HEAD wherever GET works, and a full `Allow` on 405 (api/methods.py). HeadAsGet is added
+    # first, so it sits innermost, right at the router.
+    routes = [route for router in ROUTERS for route in router.routes]
+    app.add_middleware(HeadAsGet)
+    app.add_exception_handler(405, MethodNotAllowed(routes))
     # Added before the policy stack, so it sits innermost, just outside the router: every
     # request the policies let through is checked (api/params.py).
-    app.add_middleware(NulParameterGuard, routes=[route for router in ROUTERS for route in router.routes])
+    app.add_middleware(NulParameterGuard, routes=routes)
