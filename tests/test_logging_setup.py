@@ -26,6 +26,7 @@ from stalwart.policies.redaction import REDACTED
 from stalwart.policies.request_log import RequestLogMiddleware
 from stalwart.settings import Settings
 
+_PG = "postgresql+asyncpg://app@db.internal/app"  # production settings refuse SQLite's default path
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 PASSWORD = "pw-Correct-Horse-7781"
 TOKEN = "tok_9f8e7d6c5b4a39281706"
@@ -281,7 +282,8 @@ def test_log_config_defaults_to_stderr() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("restore_logging")
-async def test_unhandled_error_logged_with_request_id_path_and_redacted_stack() -> None:
+@pytest.mark.parametrize("env", ["production", "development"])
+async def test_unhandled_error_logged_with_request_id_path_and_redacted_stack(env: str) -> None:
     app = FastAPI()
 
     @app.post("/login")
@@ -291,7 +293,7 @@ async def test_unhandled_error_logged_with_request_id_path_and_redacted_stack() 
     app.add_middleware(ErrorMiddleware, debug=False)
     app.add_middleware(RequestLogMiddleware, sink=lambda line: None)
     stream = io.StringIO()
-    configure_logging(settings(log_format="json", env="production"), stream)
+    configure_logging(settings(log_format="json", env=env, database_url=_PG), stream)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.post("/login?token=" + TOKEN, headers={"X-Request-ID": "rid-500"})
@@ -304,9 +306,46 @@ async def test_unhandled_error_logged_with_request_id_path_and_redacted_stack() 
     assert line["request.id"] == "rid-500"
     assert line["url.path"] == "/login"
     assert line["exception.type"] == "ValueError"
-    assert "in failing_login" in line["exception.stacktrace"]
+    if env == "production":
+        # No stack trace, message or file path in a production log line: type and fingerprint.
+        assert "exception.stacktrace" not in line
+        assert "exception.message" not in line
+        assert re.fullmatch(r"[0-9a-f]{16}", line["exception.fingerprint"])
+        assert "failing_login" not in stream.getvalue()
+        assert ".py" not in stream.getvalue()
+    else:
+        assert "in failing_login" in line["exception.stacktrace"]
     assert PASSWORD not in stream.getvalue()
     assert TOKEN not in stream.getvalue()
+
+
+def test_production_exception_fields_name_no_library_sql_or_path() -> None:
+    def query() -> None:
+        raise httpx.ConnectError('SELECT * FROM accounts WHERE email = \'a@b.c\' (/srv/app/db.py)')
+
+    def raised(where: Any) -> BaseException:
+        try:
+            where()
+        except BaseException as exc:
+            return exc
+        raise AssertionError("did not raise")
+
+    first, again, other = raised(query), raised(query), raised(lambda: failing_login(PASSWORD))
+    lines = [
+        JsonFormatter(production=True).format(record("db down", (), level=logging.ERROR, exc=exc))
+        for exc in (first, again, other)
+    ]
+    docs = [orjson.loads(line) for line in lines]
+    assert docs[0]["exception.type"] == "ConnectError"
+    assert set(docs[0]) == {"timestamp", "level", "logger", "message", "exception.type", "exception.fingerprint"}
+    for text in ("httpx", "SELECT", "/srv/app", "Traceback", ".py", PASSWORD):
+        assert text not in "".join(lines), text
+    # The same failure (type and frames) has the same fingerprint; another has another.
+    assert docs[0]["exception.fingerprint"] == docs[1]["exception.fingerprint"]
+    assert docs[0]["exception.fingerprint"] != docs[2]["exception.fingerprint"]
+    console = ConsoleFormatter(production=True).format(record("db down", (), level=logging.ERROR, exc=first))
+    assert "\n" not in console
+    assert console.endswith(f"exception.type=ConnectError exception.fingerprint={docs[0]['exception.fingerprint']}")
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -10,8 +10,13 @@ Two formats, chosen by `settings.log_format`:
 
 Both formatters pass the message, the extras and the exception text through
 `stalwart.policies.redaction`, so a password or token that reaches a log call is replaced
-before it is written. Stack traces go to the log in every environment; they never reach a
-response (see policies/errors.py). These logs go to stderr; the per-request access lines
+before it is written. Stack traces never reach a response (see policies/errors.py); outside
+production they go to the log. In production (`production=True`, set from the settings) an
+exception is logged as its class name and a fingerprint only: no stack trace, no message (a
+driver's message quotes SQL and parameters), no module path (which names the library).
+The fingerprint, a hash of the exception's type and of the frames it went through, is the
+same for every occurrence of the same failure: operators group by it, and reproduce with a
+non-production environment to see the trace. These logs go to stderr; the per-request access lines
 (policies/request_log.py) go to stdout on their own fast path.
 
 `stalwart serve` passes `uvicorn_log_config(settings)` as uvicorn's `log_config` (so worker
@@ -21,8 +26,11 @@ uvicorn's. `configure_logging(settings)` applies the same configuration in-proce
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import logging.config
+import traceback
+from types import TracebackType
 from typing import IO, Any
 
 import orjson
@@ -56,15 +64,23 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
+def _fingerprint(exc_type: type[BaseException], tb: TracebackType | None) -> str:
+    frames = "".join(f"{f.filename}:{f.name}:{f.lineno};" for f in traceback.extract_tb(tb))
+    key = f"{exc_type.__module__}.{exc_type.__qualname__};{frames}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def _exception_fields(
-    formatter: logging.Formatter, record: logging.LogRecord
+    formatter: logging.Formatter, record: logging.LogRecord, production: bool = False
 ) -> dict[str, str] | None:
     if not record.exc_info or record.exc_info[1] is None:
         return None
-    exc_type, exc, _ = record.exc_info
+    exc_type, exc, tb = record.exc_info
     assert exc_type is not None
     module = exc_type.__module__
     qualname = exc_type.__qualname__
+    if production:
+        return {"exception.type": qualname, "exception.fingerprint": _fingerprint(exc_type, tb)}
     return {
         "exception.type": qualname if module == "builtins" else f"{module}.{qualname}",
         "exception.message": redact_text(str(exc)),
@@ -77,6 +93,10 @@ def _exception_fields(
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, OpenTelemetry field names, secrets redacted."""
 
+    def __init__(self, production: bool = False) -> None:
+        super().__init__()
+        self.production = production
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "timestamp": utc_timestamp(record.created),
@@ -87,16 +107,21 @@ class JsonFormatter(logging.Formatter):
         extras = _extras(record)
         if extras:
             doc.update(redact(extras))
-        exception = _exception_fields(self, record)
+        exception = _exception_fields(self, record, self.production)
         if exception:
             doc.update(exception)
-        if record.stack_info:
+        if record.stack_info and not self.production:
             doc["code.stacktrace"] = redact_text(self.formatStack(record.stack_info))
         return orjson.dumps(doc, default=repr).decode()
 
 
 class ConsoleFormatter(logging.Formatter):
-    """`2025-01-02T03:04:05.678Z INFO     logger: message  key=value ...` plus the stack trace."""
+    """`2025-01-02T03:04:05.678Z INFO     logger: message  key=value ...` plus the stack trace
+    (in production the exception's class name and fingerprint instead)."""
+
+    def __init__(self, production: bool = False) -> None:
+        super().__init__()
+        self.production = production
 
     def format(self, record: logging.LogRecord) -> str:
         line = (
@@ -106,10 +131,12 @@ class ConsoleFormatter(logging.Formatter):
         extras = _extras(record)
         if extras:
             line += "  " + " ".join(f"{k}={v}" for k, v in redact(extras).items())
-        exception = _exception_fields(self, record)
-        if exception:
+        exception = _exception_fields(self, record, self.production)
+        if exception and self.production:
+            line += "  " + " ".join(f"{k}={v}" for k, v in exception.items())
+        elif exception:
             line += "\n" + exception["exception.stacktrace"]
-        if record.stack_info:
+        if record.stack_info and not self.production:
             line += "\n" + redact_text(self.formatStack(record.stack_info))
         return line
 
@@ -130,7 +157,12 @@ def uvicorn_log_config(settings: Settings, stream: IO[str] | str | None = None) 
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"stalwart": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "formatters": {
+            "stalwart": {
+                "()": f"{formatter.__module__}.{formatter.__qualname__}",
+                "production": settings.is_production,
+            }
+        },
         "handlers": {"stalwart": handler},
         "root": {"handlers": ["stalwart"], "level": level},
         "loggers": {
