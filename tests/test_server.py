@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from stalwart.logging_setup import uvicorn_log_config
 from stalwart.policies.shutdown import ShutdownMiddleware, drain_state
-from stalwart.prepared_fields import PreparedFieldsProtocol
+from stalwart.protocol import StalwartProtocol
 from stalwart.server import (
     APP_FACTORY,
     FORCED_EXIT_CODE,
@@ -102,7 +102,7 @@ def test_uvicorn_is_configured_for_production(tmp_path: Path) -> None:
     assert config.workers == 3
     assert (config.host, config.port) == ("127.0.0.1", 8123)
     assert config.loop == "uvloop"
-    assert config.http is PreparedFieldsProtocol
+    assert config.http is StalwartProtocol
     assert config.proxy_headers is False  # policies/proxies.py decides whom to trust
     assert config.server_header is False
     assert config.date_header is True

@@ -52,7 +52,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from stalwart.policies.shutdown import drain_state, is_draining
-from stalwart.prepared_fields import PreparedFieldsProtocol
+from stalwart.protocol import StalwartProtocol
 
 if TYPE_CHECKING:
     # Not imported at run time: each worker imports this module before it can answer the
@@ -360,8 +360,9 @@ def build_config(
         port=port,
         workers=workers,
         loop="uvloop",
-        # uvicorn's httptools protocol taking the policy's fields prepared at start-up.
-        http=PreparedFieldsProtocol,
+        # uvicorn's httptools protocol with the policy's prepared fields and problem+json
+        # answers to malformed requests (protocol.py).
+        http=StalwartProtocol,
         lifespan="on",
         # The policy layer resolves the client address from trusted proxies only
         # (policies/proxies.py); uvicorn must not trust X-Forwarded-For on its own.
