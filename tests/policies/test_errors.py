@@ -38,12 +38,12 @@ async def test_wrong_method_is_405_problem(client: httpx.AsyncClient) -> None:
     assert r.headers["allow"]
 
 
-async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
-    r = await client.post(
-        "/api/v1/accounts", content=b'{"email": ', headers={"content-type": "application/json"}
-    )
+@pytest.mark.parametrize("content", [b'{"email": ', b'{"email": "\xff\xfe"}'])  # cut short; not UTF-8
+async def test_malformed_json_is_400(client: httpx.AsyncClient, content: bytes) -> None:
+    r = await client.post("/api/v1/accounts", content=content, headers={"content-type": "application/json"})
     body = _assert_problem(r, 400)
     assert body["type"] == "/problems/malformed-json"
+    assert body["detail"] == "The request body is not valid JSON."
 
 
 async def test_validation_error_is_422_with_pointers(client: httpx.AsyncClient) -> None:

@@ -69,8 +69,22 @@ def validation_problems(errors: Any) -> list[dict[str, str]]:
     return [{"pointer": _pointer(err.get("loc", ())), "detail": str(err.get("msg", ""))} for err in errors]
 
 
+def _malformed_json(request: Request) -> Response:
+    return ProblemResponse(
+        request,
+        400,
+        title="Malformed JSON",
+        detail="The request body is not valid JSON.",
+        type_=problem_type("malformed-json"),
+    )
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's "There was an error parsing the body": bytes that are not UTF-8 are not
+        # JSON either (RFC 8259), the same problem as any other unparsable body.
+        return _malformed_json(request)
     headers = dict(exc.headers) if exc.headers else None
     detail = exc.detail if isinstance(exc.detail, str) else None
     # Exceptions may carry problem members of their own (the login limiter's violated-policies).
@@ -85,13 +99,7 @@ async def _validation_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     if any(err.get("type") in _MALFORMED for err in errors):
-        return ProblemResponse(
-            request,
-            400,
-            title="Malformed JSON",
-            detail="The request body is not valid JSON.",
-            type_=problem_type("malformed-json"),
-        )
+        return _malformed_json(request)
     return ProblemResponse(
         request,
         422,
