@@ -23,9 +23,11 @@ $(VENV)/.installed-dev: $(BIN)/python requirements/dev.lock pyproject.toml
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# `make run PORT=8001` when 8000 is taken.
+PORT ?= 8000
 run: install
 	$(BIN)/stalwart migrate
-	$(BIN)/stalwart serve --host 127.0.0.1 --port 8000
+	$(BIN)/stalwart serve --host 127.0.0.1 --port $(PORT)
 
 test: install-dev
 	$(BIN)/ruff check src tests benchmarks
