@@ -9,6 +9,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from stalwart.data.reads import AsyncpgReads, ReadPath, SQLAlchemyReads
+from stalwart.data.sqlite_file import prepare_sqlite_file
 from stalwart.settings import Settings
 
 __all__ = ["Database"]
@@ -60,10 +61,8 @@ class Database:
         return self.url.database if self.is_sqlite else None
 
     async def start(self) -> None:
-        if self.is_sqlite and self.url.database and self.url.database != ":memory:":
-            from pathlib import Path
-
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        if self.is_sqlite:
+            prepare_sqlite_file(self.url.database)
         if self.is_postgres:
             reads = AsyncpgReads(self.url, self.settings)
             await reads.start()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
+
+from stalwart.data.sqlite_file import prepare_sqlite_file
 
 __all__ = ["current_revision", "head_revision", "migrate_to"]
 
@@ -23,8 +23,8 @@ def _config(url: str) -> Config:
 def migrate_to(url: str, revision: str = "head") -> None:
     """Upgrade (or downgrade) the schema at `url` to `revision`."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "sqlite":
+        prepare_sqlite_file(parsed.database)
     config = _config(url)
     current = current_revision(url)
     script = ScriptDirectory.from_config(config)

@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from stalwart.data.engine import Database
 from stalwart.data.migrate import current_revision, head_revision, migrate_to
 from stalwart.data.models import Account, Token
+from stalwart.data.sqlite_file import prepare_sqlite_file
 from stalwart.data.types import utcnow
 from stalwart.ops import erasure_ledger, pg
 from stalwart.ops.archive import (
@@ -161,11 +162,11 @@ def _load_postgres(url: URL, data: Path, manifest: Manifest, work: Path) -> None
 
 
 def _apply_sqlite(target: Path, data: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         # A WAL left by a destroyed database must not be replayed onto the restored one.
         for suffix in ("-wal", "-shm", "-journal"):
             target.with_name(target.name + suffix).unlink(missing_ok=True)
+    prepare_sqlite_file(str(target))
     src = sqlite3.connect(data)
     try:
         dst = sqlite3.connect(target, timeout=30)
