@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +96,19 @@ class Cluster:
             time.sleep(0.1)
         raise AssertionError(f"nginx sent {address} nothing for {timeout} s")
 
-    def served_by(self) -> dict[str, str]:
-        """request id -> the `upstream` field of its nginx access-log line."""
-        return {line["request_id"]: line["upstream"] for line in self.nginx.access_log()}
+    def served_by(self, expect: Iterable[str] = ()) -> dict[str, str]:
+        """request id -> the `upstream` field of its nginx access-log line.
+
+        nginx writes a request's line after its response has gone, so a client can have the
+        response before the line exists: with `expect`, wait (5 s at most) for those ids.
+        """
+        wanted = set(expect)
+        deadline = time.monotonic() + 5.0
+        while True:
+            served = {line["request_id"]: line["upstream"] for line in self.nginx.access_log()}
+            if wanted <= served.keys() or time.monotonic() > deadline:
+                return served
+            time.sleep(0.05)
 
 
 def _tls_files(directory: Path) -> tuple[ssl.SSLContext, Path, Path]:
@@ -309,7 +319,7 @@ def test_rate_limit_is_one_budget_across_instances(cluster: Cluster) -> None:
     assert int(refused.headers["retry-after"]) > 0
     assert refused.json()["violated-policies"] == ["100-in-15min"]
 
-    served = cluster.served_by()
+    served = cluster.served_by(f"budget-{i}" for i in range(100))
     upstreams = Counter(served[f"budget-{i}"] for i in range(100))
     # Round robin spread the 100 over all three instances (no retries: one address each).
     assert set(upstreams) == set(cluster.addresses), upstreams
@@ -468,7 +478,7 @@ def test_failed_instances_are_taken_out_by_nginx(cluster: Cluster) -> None:
         dead_at = time.monotonic()
         load.wait_for(len(load.outcomes) + 120)
 
-    served = cluster.served_by()
+    served = cluster.served_by(o.rid for o in load.outcomes)
     assert [o for o in load.outcomes[:drained_outcomes] if not o.ok] == []
     # SIGKILL is not instant: a request nginx sent to the victim between kill() and the
     # process's end can have had its headers relayed too. "At the kill" is that window.
