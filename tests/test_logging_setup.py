@@ -320,8 +320,14 @@ async def test_unhandled_error_logged_with_request_id_path_and_redacted_stack(en
 
 
 def test_production_exception_fields_name_no_library_sql_or_path() -> None:
-    def query() -> None:
+    def driver() -> None:
         raise httpx.ConnectError('SELECT * FROM accounts WHERE email = \'a@b.c\' (/srv/app/db.py)')
+
+    def execute() -> None:
+        driver()
+
+    def query() -> None:
+        execute()
 
     def raised(where: Any) -> BaseException:
         try:
@@ -330,7 +336,10 @@ def test_production_exception_fields_name_no_library_sql_or_path() -> None:
             return exc
         raise AssertionError("did not raise")
 
-    first, again, other = raised(query), raised(query), raised(lambda: failing_login(PASSWORD))
+    def via_head() -> None:  # another way in (the request's path through the middleware)
+        query()
+
+    first, again, other = raised(query), raised(via_head), raised(lambda: failing_login(PASSWORD))
     lines = [
         JsonFormatter(production=True).format(record("db down", (), level=logging.ERROR, exc=exc))
         for exc in (first, again, other)
@@ -340,7 +349,8 @@ def test_production_exception_fields_name_no_library_sql_or_path() -> None:
     assert set(docs[0]) == {"timestamp", "level", "logger", "message", "exception.type", "exception.fingerprint"}
     for text in ("httpx", "SELECT", "/srv/app", "Traceback", ".py", PASSWORD):
         assert text not in "".join(lines), text
-    # The same failure (type and frames) has the same fingerprint; another has another.
+    # The same failure (type and innermost frames) has the same fingerprint, whichever way it
+    # was reached; another failure has another.
     assert docs[0]["exception.fingerprint"] == docs[1]["exception.fingerprint"]
     assert docs[0]["exception.fingerprint"] != docs[2]["exception.fingerprint"]
     console = ConsoleFormatter(production=True).format(record("db down", (), level=logging.ERROR, exc=first))

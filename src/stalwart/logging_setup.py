@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import logging.config
-import traceback
 from types import TracebackType
 from typing import IO, Any
 
@@ -64,9 +63,20 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
+# Innermost frames hashed: where the failure is. The outer ones are the way the request came
+# through the middleware (HEAD or GET, a rate-limit lease or a store call), which varies.
+_FINGERPRINT_FRAMES = 3
+
+
 def _fingerprint(exc_type: type[BaseException], tb: TracebackType | None) -> str:
-    frames = "".join(f"{f.filename}:{f.name}:{f.lineno};" for f in traceback.extract_tb(tb))
-    key = f"{exc_type.__module__}.{exc_type.__qualname__};{frames}"
+    frames: list[str] = []
+    while tb is not None:
+        # Module and function, not file path or line: the same failure keeps its fingerprint
+        # wherever the release is installed and across edits elsewhere in the file.
+        code = tb.tb_frame.f_code
+        frames.append(f"{tb.tb_frame.f_globals.get('__name__', '?')}.{code.co_name}")
+        tb = tb.tb_next
+    key = ";".join([f"{exc_type.__module__}.{exc_type.__qualname__}", *frames[-_FINGERPRINT_FRAMES:]])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -75,3 +75,39 @@ async def test_head_is_logged_as_head_with_its_route(
         200,
     )
     assert line["http.response.body.size"] == 0
+
+
+async def test_reads_recorded_in_the_audit_trail_have_no_head(client: httpx.AsyncClient) -> None:
+    """A HEAD would run the export (or the download, or the audit read) and record a read
+    that sent nothing: those answer HEAD with 405, and their Allow does not offer it."""
+    account = await signup(client, "noexporthead")
+    head = await client.head("/api/v1/me/export", headers=account.headers)
+    assert head.status_code == 405
+    assert head.headers["allow"] == "GET"
+    put = await client.put("/api/v1/me/export", headers=account.headers)
+    assert put.headers["allow"] == "GET"
+    # Only a GET leaves a record: the second export shows the first one, and nothing else.
+    assert (await client.get("/api/v1/me/export", headers=account.headers)).status_code == 200
+    second = await client.get("/api/v1/me/export", headers=account.headers)
+    events = [e["event"] for e in second.json()["audit_events"]]
+    assert events.count("account.exported") == 1
+
+
+async def test_static_files_answer_head_themselves(client: httpx.AsyncClient) -> None:
+    """Static files do HEAD on their own (no body read, no Range on HEAD): not routed as GET."""
+    full = await client.get("/static/monitor/monitor.css", headers={"Accept-Encoding": "identity"})
+    assert full.status_code == 200
+    head = await client.head(
+        "/static/monitor/monitor.css", headers={"Range": "bytes=0-9", "Accept-Encoding": "identity"}
+    )
+    assert head.status_code == 200
+    assert "content-range" not in head.headers
+    assert head.headers["content-length"] == str(len(full.content))
+
+
+async def test_head_counts_against_the_get_routes_budget(client: httpx.AsyncClient) -> None:
+    """Monitoring routes have their own budget; a HEAD there is a GET there, not a general hit."""
+    get = await client.get("/metrics")
+    head = await client.head("/metrics")
+    assert get.headers["ratelimit-policy"] == head.headers["ratelimit-policy"]
+    assert get.headers["ratelimit-policy"] != (await client.get("/api/v1/notes")).headers["ratelimit-policy"]

@@ -67,3 +67,13 @@ def test_an_existing_readable_database_is_tightened(tmp_path: Path) -> None:
 @pytest.mark.parametrize("database", [None, "", ":memory:"])
 def test_nothing_to_do_without_a_file(database: str | None) -> None:
     prepare_sqlite_file(database)
+
+
+def test_journal_files_left_readable_are_tightened(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    for name in ("old.db", "old.db-wal", "old.db-shm"):
+        (tmp_path / name).write_bytes(b"")
+        (tmp_path / name).chmod(0o644)
+    prepare_sqlite_file(str(db))
+    modes = {f.name: _mode(f) for f in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(("old.db", "old.db-wal", "old.db-shm"), 0o600)

@@ -38,7 +38,15 @@ async def test_wrong_method_is_405_problem(client: httpx.AsyncClient) -> None:
     assert r.headers["allow"]
 
 
-@pytest.mark.parametrize("content", [b'{"email": ', b'{"email": "\xff\xfe"}'])  # cut short; not UTF-8
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"email": ',  # cut short
+        b'{"email": "\xff\xfe"}',  # not UTF-8
+        '{"email": "a@example.com"}'.encode("utf-16"),  # JSON is UTF-8 (RFC 8259)
+        '{"email": "a@example.com"}'.encode("utf-32-le"),
+    ],
+)
 async def test_malformed_json_is_400(client: httpx.AsyncClient, content: bytes) -> None:
     r = await client.post("/api/v1/accounts", content=content, headers={"content-type": "application/json"})
     body = _assert_problem(r, 400)

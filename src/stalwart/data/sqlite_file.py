@@ -24,8 +24,13 @@ def prepare_sqlite_file(database: str | None) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            path.chmod(mode & 0o700)
+        # The journal files too: a WAL left by an earlier, readable database keeps its mode.
+        for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+            try:
+                mode = stat.S_IMODE(file.stat().st_mode)
+            except FileNotFoundError:
+                continue
+            if mode & 0o077:
+                file.chmod(mode & 0o700)
     else:
         os.close(fd)

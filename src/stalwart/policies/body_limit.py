@@ -20,6 +20,8 @@
   like malformed JSON. The scan counts `[`/`{` outside strings with C-speed bytes
   operations only (escapes and strings removed by regex, bracket pairs peeled level by level),
   and is skipped when the body holds no more brackets than the limit.
+* Encoding. JSON is UTF-8 (RFC 8259): a buffered JSON body holding a NUL byte (UTF-16 or
+  UTF-32, which the app's parser would otherwise accept) gets the malformed-JSON problem.
 """
 
 from __future__ import annotations
@@ -168,6 +170,19 @@ class BodyLimitMiddleware:
                 break
         body = b"".join(chunks)
         del chunks
+        if b"\x00" in body:
+            # JSON is UTF-8 (RFC 8259 §8.1). The app's parser would also take UTF-16 and -32,
+            # which no UTF-8 JSON can be mistaken for: they hold NUL bytes, which UTF-8 JSON
+            # never does (a NUL in a string is escaped).
+            await send_problem(
+                scope,
+                send,
+                400,
+                title="Malformed JSON",
+                detail="The request body is not valid JSON.",
+                type_=problem_type("malformed-json"),
+            )
+            return
         if json_depth_exceeds(body, self.max_json_depth):
             await send_problem(
                 scope,

@@ -140,7 +140,12 @@ class RateLimitMiddleware:
         path = scope["path"]
         if path in self.exempt_paths:
             return self.app(scope, receive, send)
-        rule = self._rule(scope["method"], path) if self._has_routes else self._global
+        if self._has_routes:
+            method = scope["method"]
+            # HEAD is answered as GET (api/methods.py): it counts against GET's budget.
+            rule = self._rule("GET" if method == "HEAD" else method, path)
+        else:
+            rule = self._global
         client = scope.get("client")
         host = client[0] if client else None
         if not host:
