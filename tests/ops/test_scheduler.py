@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,25 @@ async def test_no_loops_when_intervals_are_zero(tmp_path: Path, sqlite_template:
     assert settings.scheduler_start_delay_seconds == 300
     async with _instances(settings, count=1) as (application,):
         assert [t.get_name() for t in _lifecycle(application).loops] == ["lifecycle:purge"]
+
+
+async def test_a_failed_verification_is_logged_without_the_tools_message(
+    tmp_path: Path, fresh_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL tool's message quotes SQL and row data: the log line names the error type
+    and the archive; the reason stays with the archive."""
+    from stalwart.ops import scheduler
+    from stalwart.ops.pg import PgToolError
+
+    def failing_verify(settings: Settings, path: Path) -> None:
+        raise PgToolError('psql: ERROR: CONTEXT: COPY accounts, line 1: "secret-row@example.com"')
+
+    monkeypatch.setattr(scheduler, "verify_archive", failing_verify)
+    settings = make_settings(tmp_path, database_url=fresh_url, purge_interval_hours=0, backup_interval_hours=0)
+    async with _instances(settings, count=1) as (application,):
+        with caplog.at_level(logging.ERROR, logger="stalwart.ops"):
+            await _lifecycle(application)._backup("test")
+    (record,) = [r for r in caplog.records if r.name == "stalwart.ops"]
+    assert record.getMessage() == "backup verification failed: PgToolError"
+    assert record.__dict__["backup.archive"] == list_archives(settings)[0].name
+    assert "secret-row" not in caplog.text

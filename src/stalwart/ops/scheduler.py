@@ -142,7 +142,13 @@ class Lifecycle:
                 verified = True
             except (ArchiveError, PgToolError) as exc:
                 verified = False
-                logger.error("backup verification failed: %s", exc)
+                # Not the message: a PostgreSQL tool's quotes SQL and row data. The reason is
+                # kept with the archive (GET /api/v1/admin/backups; `stalwart backup verify`).
+                logger.error(
+                    "backup verification failed: %s",
+                    type(exc).__name__,
+                    extra={"backup.archive": result.path.name},
+                )
         async with self.resources.db.session() as session:
             record(
                 session,
