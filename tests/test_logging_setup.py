@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -367,3 +368,16 @@ def test_warnings_are_routed_through_the_formatter() -> None:
     assert line["logger"] == "py.warnings"
     assert PASSWORD not in line["message"]
     assert sys.stderr is not stream
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_production_warnings_carry_no_path_or_source_line() -> None:
+    stream = io.StringIO()
+    configure_logging(settings(log_format="json", env="production", database_url=_PG), stream)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn_explicit("old call, password=" + PASSWORD, DeprecationWarning, "/srv/app/lib/mod.py", 12)
+    (line,) = (orjson.loads(raw) for raw in stream.getvalue().splitlines())
+    assert line["logger"] == "py.warnings"
+    assert line["message"] == f"DeprecationWarning: old call, password={REDACTED}"
+    assert "/srv/app" not in stream.getvalue()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import logging.config
+import re
 from types import TracebackType
 from typing import IO, Any
 
@@ -66,6 +67,19 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 # Innermost frames hashed: where the failure is. The outer ones are the way the request came
 # through the middleware (HEAD or GET, a rate-limit lease or a store call), which varies.
 _FINGERPRINT_FRAMES = 3
+
+
+# warnings.formatwarning: "<file>:<line>: <Category>: <message>\n  <source line>\n".
+_WARNING = re.compile(r"^.*?:\d+: (?P<what>[^\n]*)", re.DOTALL)
+
+
+def _message(record: logging.LogRecord, production: bool) -> str:
+    message = record.getMessage()
+    if production and record.name == "py.warnings":
+        # The category and text only: not the file path or the source line it quotes.
+        match = _WARNING.match(message)
+        message = match["what"] if match else message.split("\n", 1)[0]
+    return redact_text(message)
 
 
 def _fingerprint(exc_type: type[BaseException], tb: TracebackType | None) -> str:
@@ -112,7 +126,7 @@ class JsonFormatter(logging.Formatter):
             "timestamp": utc_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": redact_text(record.getMessage()),
+            "message": _message(record, self.production),
         }
         extras = _extras(record)
         if extras:
@@ -136,7 +150,7 @@ class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = (
             f"{utc_timestamp(record.created)} {record.levelname:<8} {record.name}: "
-            f"{redact_text(record.getMessage())}"
+            f"{_message(record, self.production)}"
         )
         extras = _extras(record)
         if extras:

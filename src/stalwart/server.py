@@ -192,6 +192,9 @@ class GracefulServer(Server):
         return should_exit
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Warnings through the configured formatter (uvicorn's log_config does not route them):
+        # one JSON line, and in production no file path or source line.
+        logging.captureWarnings(True)
         await super().startup(sockets=sockets)
         if self.started:
             freeze_startup_heap()
