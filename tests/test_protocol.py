@@ -52,3 +52,5 @@ def test_a_malformed_request_gets_a_problem_with_a_request_id(tmp_path: Path, ra
     assert b"uvicorn" not in body
     assert b"Invalid HTTP request" not in body
     assert ok[0] == b"HTTP/1.1 200 OK"  # the server goes on serving
+    logged = [orjson.loads(line) for line in server.log().splitlines() if "malformed request" in line]
+    assert [entry["request.id"] for entry in logged] == [problem["request_id"]]

@@ -9,11 +9,14 @@ that matter for an error document, and `Connection: close`, as uvicorn closes th
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 from stalwart.prepared_fields import PreparedFieldsProtocol
 
 __all__ = ["StalwartProtocol"]
+
+logger = logging.getLogger("stalwart.server")
 
 
 @cache
@@ -51,6 +54,11 @@ class StalwartProtocol(PreparedFieldsProtocol):
         from stalwart.policies.request_log import new_request_id
 
         request_id = new_request_id()
+        # uvicorn has logged "Invalid HTTP request received."; this line ties it to the answer.
+        logger.warning(
+            "malformed request answered with 400",
+            extra={"request.id": request_id, "http.response.status_code": 400},
+        )
         body = orjson.dumps(
             problem_body(
                 400,
