@@ -250,3 +250,33 @@ async def test_restore_revokes_every_token_so_no_logout_is_undone(ops_settings: 
             assert details["tokens_revoked"] == 3
     finally:
         await db.close()
+
+
+@pytest.mark.anyio
+async def test_no_restored_token_is_live_even_before_the_restore_finishes(
+    ops_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revocation arrives with the data (SQLite: in the copy applied in one step;
+    PostgreSQL: in the load's transaction), not in a later step a request could beat."""
+    from stalwart.ops import restore
+
+    await seed(ops_settings, accounts=2, notes=1)
+    result = await create_backup(ops_settings)
+    live_when_loaded: list[int] = []
+    original = restore.reapply_erasures
+
+    async def right_after_the_load(settings: Settings, since: object = None) -> int:
+        db = Database(settings)
+        await db.start()
+        try:
+            async with db.session() as session:
+                live = (await session.execute(select(Token.id).where(Token.revoked_at.is_(None)))).all()
+                live_when_loaded.append(len(live))
+        finally:
+            await db.close()
+        return await original(settings, since)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(restore, "reapply_erasures", right_after_the_load)
+    restored = await anyio.to_thread.run_sync(restore_archive, ops_settings, result.path)
+    assert live_when_loaded == [0]
+    assert restored.tokens_revoked == 2

@@ -18,13 +18,13 @@ import secrets
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import URL, make_url
 
 from stalwart.data.engine import Database
@@ -137,14 +137,27 @@ END $$;
 """
 
 
-def _load_postgres(url: URL, data: Path, manifest: Manifest, work: Path) -> None:
-    """Replace the database's tables with the dump, in one transaction (all or nothing)."""
+def _revoke_sql(revoked_at: datetime | None) -> str:
+    if revoked_at is None:
+        return ""
+    # A datetime's own ISO text, quoted: psql scripts take no bound parameters.
+    stamp = _literal(revoked_at.isoformat())
+    revoke = f"UPDATE public.tokens SET revoked_at = {stamp}::timestamptz WHERE revoked_at IS NULL;"  # noqa: S608
+    return f"DO $$ BEGIN IF to_regclass('public.tokens') IS NOT NULL THEN\n  {revoke}\nEND IF; END $$;\n"
+
+
+def _load_postgres(
+    url: URL, data: Path, manifest: Manifest, work: Path, revoked_at: datetime | None = None
+) -> None:
+    """Replace the database's tables with the dump, in one transaction (all or nothing).
+
+    `revoked_at`: revoke every live bearer token in the same transaction (a restore)."""
     script = work / "restore.sql"
     pg.run_tool([pg.tool("pg_restore"), "--no-owner", "--no-privileges", f"--file={script}", str(data)])
     prelude = work / "prelude.sql"
     prelude.write_text(_DROP_TABLES)
     checks = work / "checks.sql"
-    checks.write_text(_count_checks(manifest))
+    checks.write_text(_count_checks(manifest) + _revoke_sql(revoked_at))
     with pg.passfile(url) as pass_path:
         pg.run_tool(
             [
@@ -159,6 +172,18 @@ def _load_postgres(url: URL, data: Path, manifest: Manifest, work: Path) -> None
                 f"--file={checks}",
             ]
         )
+
+
+def _revoke_in_sqlite_copy(data: Path, revoked_at: datetime) -> None:
+    conn = sqlite3.connect(data)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tokens'").fetchone():
+            # Stored as SQLAlchemy stores UTCDateTime on SQLite: naive UTC, microseconds.
+            stamp = revoked_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            conn.execute("UPDATE tokens SET revoked_at = ? WHERE revoked_at IS NULL", (stamp,))
+            conn.commit()
+    finally:
+        conn.close()
 
 
 def _apply_sqlite(target: Path, data: Path) -> None:
@@ -256,22 +281,28 @@ async def reapply_erasures(settings: Settings, since: datetime | None = None) ->
 
 
 async def _revoke_tokens_and_record(
-    settings: Settings, manifest: Manifest, name: str, reapplied: int
+    settings: Settings, manifest: Manifest, name: str, reapplied: int, revoked_at: datetime
 ) -> int:
-    """Revoke every bearer token the archive brought back, and record the restore.
+    """Count the bearer tokens the restore revoked, and record the restore.
 
     A token revoked after the archive was made (a logout, a token the owner knew leaked) is
-    live again in the archive, and nothing says which: all of them go, in the transaction that
-    records the restore, and everyone signs in again. Returns how many were revoked.
+    live again in the archive, and nothing says which: all of them were revoked as the data
+    was loaded (stamped `revoked_at`), and everyone signs in again. Returns how many.
     """
     db = Database(settings)
     await db.start()
     try:
         async with db.session() as session:
-            revoked = await session.execute(
-                update(Token).where(Token.revoked_at.is_(None)).values(revoked_at=utcnow())
+            # Nothing is left live after the load; this only makes sure of it.
+            await session.execute(
+                update(Token).where(Token.revoked_at.is_(None)).values(revoked_at=revoked_at)
             )
-            count = int(getattr(revoked, "rowcount", 0) or 0)
+            count = int(
+                await session.scalar(
+                    select(func.count()).select_from(Token).where(Token.revoked_at == revoked_at)
+                )
+                or 0
+            )
             record(
                 session,
                 "backup.restored",
@@ -300,16 +331,20 @@ def restore_archive(settings: Settings, path: Path) -> RestoreReport:
         if manifest.backend != backend:
             raise ArchiveError(f"archive is a {manifest.backend} backup; this deployment uses {backend}")
         created = False
+        # Every token the archive brings back is revoked with the data it arrives in: there
+        # is no moment when the restored database holds a live token.
+        revoked_at = utcnow()
         if backend == "sqlite":
             counts = _check_sqlite_file(data, manifest)
+            _revoke_in_sqlite_copy(data, revoked_at)
             _apply_sqlite(Path(str(url.database)), data)
         else:
             created = pg.ensure_database(url)
-            _load_postgres(url, data, manifest, work)
+            _load_postgres(url, data, manifest, work, revoked_at)
             counts = dict(manifest.row_counts)
     migrate_to(settings.effective_database_url, "head")
     reapplied = asyncio.run(reapply_erasures(settings, since=manifest.created_at))
-    revoked = asyncio.run(_revoke_tokens_and_record(settings, manifest, path.name, reapplied))
+    revoked = asyncio.run(_revoke_tokens_and_record(settings, manifest, path.name, reapplied, revoked_at))
     return RestoreReport(
         manifest, current_revision(settings.effective_database_url), reapplied, created, counts, revoked
     )
