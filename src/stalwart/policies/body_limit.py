@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stalwart.policies.problem import problem_type, send_problem
+from stalwart.policies.problem import MALFORMED_JSON, problem_type, send_problem
 from stalwart.settings import Settings
 
 __all__ = ["BodyLimitMiddleware", "BodyTooLarge", "body_limit_middleware", "json_depth_exceeds"]
@@ -174,14 +174,8 @@ class BodyLimitMiddleware:
             # JSON is UTF-8 (RFC 8259 §8.1). The app's parser would also take UTF-16 and -32,
             # which no UTF-8 JSON can be mistaken for: they hold NUL bytes, which UTF-8 JSON
             # never does (a NUL in a string is escaped).
-            await send_problem(
-                scope,
-                send,
-                400,
-                title="Malformed JSON",
-                detail="The request body is not valid JSON.",
-                type_=problem_type("malformed-json"),
-            )
+            title, detail, type_ = MALFORMED_JSON
+            await send_problem(scope, send, 400, title=title, detail=detail, type_=type_)
             return
         if json_depth_exceeds(body, self.max_json_depth):
             await send_problem(

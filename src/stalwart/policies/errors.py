@@ -15,7 +15,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stalwart.data.errors import UNAVAILABLE_ERRORS
 from stalwart.policies.exchange import watch
-from stalwart.policies.problem import PROBLEM_CONTENT_TYPE, problem_body, problem_type, send_problem
+from stalwart.policies.problem import (
+    MALFORMED_JSON,
+    PROBLEM_CONTENT_TYPE,
+    problem_body,
+    send_problem,
+)
 from stalwart.settings import Settings
 
 __all__ = ["ErrorMiddleware", "ProblemResponse", "install_error_handlers", "validation_problems"]
@@ -70,13 +75,8 @@ def validation_problems(errors: Any) -> list[dict[str, str]]:
 
 
 def _malformed_json(request: Request) -> Response:
-    return ProblemResponse(
-        request,
-        400,
-        title="Malformed JSON",
-        detail="The request body is not valid JSON.",
-        type_=problem_type("malformed-json"),
-    )
+    title, detail, type_ = MALFORMED_JSON
+    return ProblemResponse(request, 400, title=title, detail=detail, type_=type_)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -15,6 +15,7 @@ import orjson
 from starlette.types import Scope, Send
 
 __all__ = [
+    "MALFORMED_JSON",
     "PROBLEM_CONTENT_TYPE",
     "PROBLEM_TYPE_BASE",
     "problem_body",
@@ -30,6 +31,11 @@ PROBLEM_TYPE_BASE = "/problems/"
 
 def problem_type(slug: str) -> str:
     return PROBLEM_TYPE_BASE + slug
+
+
+# (title, detail, type) of the one problem for a body that is not JSON, whichever layer finds it
+# (the body limit before the app, the error handlers after the app's parser).
+MALFORMED_JSON = ("Malformed JSON", "The request body is not valid JSON.", problem_type("malformed-json"))
 
 
 _SLUGS: dict[int, str] = {
