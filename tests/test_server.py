@@ -10,6 +10,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import pickle
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from starlette.routing import Route
 
 from stalwart.logging_setup import uvicorn_log_config
 from stalwart.policies.shutdown import ShutdownMiddleware, drain_state
-from stalwart.protocol import StalwartProtocol
+from stalwart.protocol import StalwartConfig, StalwartProtocol
 from stalwart.server import (
     APP_FACTORY,
     FORCED_EXIT_CODE,
@@ -112,6 +113,24 @@ def test_uvicorn_is_configured_for_production(tmp_path: Path) -> None:
     assert config.timeout_worker_healthcheck == 30
     assert (config.ssl_certfile, config.ssl_keyfile) == ("c.pem", "k.pem")
     assert config.log_config == uvicorn_log_config(settings)
+    # The protocol's own 400 gets the headers policy's fields for an error document; they
+    # travel with the config, which is what each worker process receives.
+    assert isinstance(config, StalwartConfig)
+    assert config.security_fields is not None
+    assert pickle.loads(pickle.dumps(config)).security_fields == config.security_fields  # noqa: S301 (own bytes)
+    http, https = config.security_fields
+    assert b"strict-transport-security: max-age=31536000; includeSubDomains\r\n" in https
+    assert b"x-frame-options: DENY\r\n" in http
+
+
+def test_in_production_the_protocol_sends_hsts_over_https_only(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, env="production", hsts_max_age=600)
+    config = build_config(settings)
+    assert isinstance(config, StalwartConfig)
+    assert config.security_fields is not None
+    http, https = config.security_fields
+    assert b"strict-transport-security" not in http
+    assert b"strict-transport-security: max-age=600; includeSubDomains\r\n" in https
 
 
 def test_workers_import_a_light_module() -> None:

@@ -52,7 +52,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from stalwart.policies.shutdown import drain_state, is_draining
-from stalwart.protocol import StalwartProtocol
+from stalwart.protocol import StalwartConfig, StalwartProtocol
 
 if TYPE_CHECKING:
     # Not imported at run time: each worker imports this module before it can answer the
@@ -356,8 +356,12 @@ def build_config(
     app: str = APP_FACTORY,
 ) -> Config:
     """The uvicorn Config for `stalwart serve` (also used by tests to check the choices)."""
-    return Config(
+    from stalwart.policies.headers import error_document_fields
+
+    return StalwartConfig(
         app,
+        # The protocol's own 400 carries what the headers policy sends on an error document.
+        security_fields=error_document_fields(settings),
         factory=True,
         host=host,
         port=port,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -12,14 +13,43 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import trustme
 
-__all__ = ["ServerProcess", "free_port", "stalwart_bin"]
+__all__ = ["ServerProcess", "free_port", "production_env", "stalwart_bin", "tls_files"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def tls_files(directory: Path) -> tuple[ssl.SSLContext, Path, Path]:
+    """A certificate for 127.0.0.1 from a throwaway CA: a client context trusting it, and the
+    certificate chain and key files for `stalwart serve --ssl-certfile/--ssl-keyfile`."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = directory / "tls.crt", directory / "tls.key"
+    for index, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(str(certfile), append=index > 0)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context, certfile, keyfile
+
+
+def production_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The least a production server needs to start (a secret, CORS origins, a database outside
+    temporary folders, password hashing at the production floor), plus `extra`."""
+    return {
+        "STALWART_ENV": "production",
+        "STALWART_SECRET_KEY": "k" * 48,
+        "STALWART_CORS_ORIGINS": "https://app.example.com",
+        "STALWART_DATABASE_URL": database_url,
+        "STALWART_ARGON2_TIME_COST": "2",
+        "STALWART_ARGON2_MEMORY_KIB": "19456",
+        **extra,
+    }
 
 
 def stalwart_bin() -> str:

@@ -33,11 +33,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import trustme
 
 from tests.conftest import REDIS_URL, PostgresDatabase, _pg_available, require_service
 from tests.e2e.loadbalancer import NGINX, Nginx
-from tests.e2e.serving import ServerProcess, free_port
+from tests.e2e.serving import ServerProcess, free_port, tls_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("multi_instance")]
 
@@ -111,18 +110,6 @@ class Cluster:
             time.sleep(0.05)
 
 
-def _tls_files(directory: Path) -> tuple[ssl.SSLContext, Path, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile = directory / "tls.crt", directory / "tls.key"
-    for index, blob in enumerate(cert.cert_chain_pems):
-        blob.write_to_path(str(certfile), append=index > 0)
-    cert.private_key_pem.write_to_path(str(keyfile))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context, certfile, keyfile
-
-
 def _delete_keys(prefix: str) -> None:
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
     try:
@@ -164,7 +151,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     instances = [
         ServerProcess(tmp / f"instance{i}", env=env, port=free_port()) for i in range(INSTANCES)
     ]
-    context, certfile, keyfile = _tls_files(tmp)
+    context, certfile, keyfile = tls_files(tmp)
     nginx = Nginx.for_upstreams(
         tmp / "nginx",
         [f"127.0.0.1:{server.port}" for server in instances],

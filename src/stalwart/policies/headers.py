@@ -47,6 +47,7 @@ __all__ = [
     "HELMET_HEADERS",
     "JSON_CSP",
     "SecurityHeadersMiddleware",
+    "error_document_fields",
     "hsts_value",
     "parse_header_overrides",
     "security_headers_middleware",
@@ -249,14 +250,35 @@ def security_headers_middleware(
     settings: Settings, prepared_fields: bool | Callable[[], bool] = False
 ) -> Middleware:
     """SecurityHeadersMiddleware configured from `settings` (slot 4 of the policy stack)."""
-    return Middleware(
-        SecurityHeadersMiddleware,
-        hsts=hsts_value(
+    return Middleware(SecurityHeadersMiddleware, **_options(settings), prepared_fields=prepared_fields)
+
+
+def _options(settings: Settings) -> dict[str, Any]:
+    return {
+        "hsts": hsts_value(
             settings.hsts_max_age, settings.hsts_include_subdomains, settings.hsts_preload
         ),
         # Production: HSTS only over HTTPS. Elsewhere: helmet parity.
-        hsts_over_http=not settings.is_production,
-        permissions_policy=settings.permissions_policy or None,
-        overrides=parse_header_overrides(settings.security_headers),
-        prepared_fields=prepared_fields,
-    )
+        "hsts_over_http": not settings.is_production,
+        "permissions_policy": settings.permissions_policy or None,
+        "overrides": parse_header_overrides(settings.security_headers),
+    }
+
+
+def error_document_fields(
+    settings: Settings | None = None,
+) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]]:
+    """The fields this policy adds to an error document over HTTP and over HTTPS.
+
+    For answers made outside the app, such as the server's own 400 (stalwart/protocol.py).
+    Without `settings`: the layer's defaults, HSTS over HTTPS only.
+    """
+    if settings is None:
+        layer = SecurityHeadersMiddleware(_no_app, hsts_over_http=False)
+    else:
+        layer = SecurityHeadersMiddleware(_no_app, **_options(settings))
+    return layer._sets[True, False][0], layer._sets[True, True][0]
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover
+    raise RuntimeError("a layer built for its fields only")
