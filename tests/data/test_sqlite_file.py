@@ -77,3 +77,13 @@ def test_journal_files_left_readable_are_tightened(tmp_path: Path) -> None:
     prepare_sqlite_file(str(db))
     modes = {f.name: _mode(f) for f in tmp_path.iterdir()}
     assert modes == dict.fromkeys(("old.db", "old.db-wal", "old.db-shm"), 0o600)
+
+
+def test_a_database_another_user_owns_is_left_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Shared through its group on purpose; a chmod would fail (not its owner) and stop the start.
+    db = tmp_path / "shared.db"
+    db.write_bytes(b"")
+    db.chmod(0o660)
+    monkeypatch.setattr(os, "geteuid", lambda: db.stat().st_uid + 1)
+    prepare_sqlite_file(str(db))
+    assert _mode(db) == 0o660
