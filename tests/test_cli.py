@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from stalwart.cli import app
@@ -60,3 +61,25 @@ def test_create_admin_rejects_weak_password(tmp_path: Path) -> None:
     result = runner.invoke(app, args, input="short\nshort\n", env=env)
     assert result.exit_code == 1
     assert "invalid password" in result.output
+
+
+def test_audit_prints_what_the_server_sent_as_text_and_exits_1_on_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stalwart.audit
+
+    findings = [
+        stalwart.audit.Finding("no server banner", "Helmet", stalwart.audit.Outcome.FAIL, "Server: edge[/] [beta]"),
+        stalwart.audit.Finding("HSTS", "HSTS", stalwart.audit.Outcome.NOT_CHECKED, "no HTTPS answer"),
+        stalwart.audit.Finding("OpenAPI", "OpenAPI", stalwart.audit.Outcome.PASS, "OpenAPI 3.1.0, 1 paths"),
+    ]
+    monkeypatch.setattr(stalwart.audit, "run_audit", lambda *a, **k: findings)
+    result = runner.invoke(app, ["audit", "https://api.example.com"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "Server: edge[/] [beta]" in result.stdout  # Rich markup would drop or choke on it
+    assert "1 of 3 checks passed, 1 failed, 1 not checked" in result.stdout
+
+
+def test_audit_that_cannot_run_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = runner.invoke(app, ["audit", "http://[::1"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: 'http://[::1' is not a URL"
+    assert result.stdout == ""
