@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stalwart.data.cache import CachedReads
 from stalwart.resources import Resources
 from tests.conftest import make_settings
 
@@ -34,3 +35,15 @@ async def test_a_stalled_step_is_abandoned_after_its_timeout(
     assert [r.getMessage() for r in caplog.records if r.name == "stalwart.resources"] == [
         "shutdown: closing monitoring took over 0.2 s; abandoned"
     ]
+
+
+@pytest.mark.parametrize(("workers", "cached"), [(1, True), (2, False)])
+async def test_the_in_process_note_cache_is_off_when_workers_cannot_share_it(
+    tmp_path: Path, workers: int, cached: bool
+) -> None:
+    resources = Resources.create(make_settings(tmp_path, workers=workers, cache_ttl_seconds=30))
+    await resources.start()
+    try:
+        assert isinstance(resources.db.reads, CachedReads) is cached
+    finally:
+        await resources.close()

@@ -77,7 +77,9 @@ def create_admin(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: STALWART_WORKERS, 1)")
+    ] = None,
     ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM)")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM)")] = None,
 ) -> None:
@@ -93,7 +95,7 @@ def serve(
             err.print(f"[red]unsafe:[/red] {problem}")
         raise typer.Exit(1) from None
     code = run_server(
-        settings, host=host, port=port, workers=workers,
+        settings, host=host, port=port, workers=workers or settings.workers,
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
     )
     raise typer.Exit(code)

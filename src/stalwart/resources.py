@@ -82,6 +82,9 @@ class Resources:
             return None
         if self.redis is not None:
             return RedisCache(self.redis, settings.cache_key_prefix, settings.cache_ttl_seconds)
+        if settings.workers > 1:
+            # A write in one worker could not drop the other workers' copies: stale reads.
+            return None
         return MemoryCache(settings.cache_ttl_seconds, settings.cache_max_entries)
 
     async def start(self) -> None:

@@ -412,7 +412,18 @@ def run_server(
         ssl_keyfile=ssl_keyfile,
         app=app,
     )
+    from stalwart.settings import export_workers
+
+    export_workers(config.workers)  # what each worker's settings say (Settings.workers)
     if config.workers > 1:
+        if not (settings.redis_url and settings.rate_limits_shared):
+            logger.warning(
+                "%d workers without STALWART_REDIS_URL share no counters: each admits 1/%d of"
+                " every rate-limit budget and the note cache is off; set STALWART_REDIS_URL to"
+                " count each budget once for all of them",
+                config.workers,
+                config.workers,
+            )
         sock = config.bind_socket()
         supervisor = GracefulMultiprocess(
             config,
@@ -448,17 +459,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--app", default=APP_FACTORY, help="app factory import string")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--ssl-certfile")
     parser.add_argument("--ssl-keyfile")
     args = parser.parse_args(argv)
     from stalwart.settings import Settings
 
+    settings = Settings()
     return run_server(
-        Settings(),
+        settings,
         host=args.host,
         port=args.port,
-        workers=args.workers,
+        workers=args.workers or settings.workers,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         app=args.app,

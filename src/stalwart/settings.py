@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -11,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_SECRET_KEY", "Environment", "Settings", "production_problems"]
+__all__ = ["DEFAULT_SECRET_KEY", "Environment", "Settings", "export_workers", "production_problems"]
 
 # A development default so `make run` works out of the box; production refuses it.
 DEFAULT_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105
@@ -141,6 +142,10 @@ class Settings(BaseSettings):
     metrics_log_seconds: float = Field(default=60.0, ge=0)
 
     # --- deployment ----------------------------------------------------------------------------
+    # Worker processes of this instance: set for them by `stalwart serve --workers N`. Without
+    # Redis they share no rate-limit budget or note cache, so each admits 1/N of every budget
+    # and the note cache is off (see budget_divisor).
+    workers: int = Field(default=1, ge=1)
     shutdown_drain_seconds: float = Field(default=0.0, ge=0)
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
     static_dir: Path | None = None  # None: the packaged static folder
@@ -219,6 +224,27 @@ class Settings(BaseSettings):
     @property
     def effective_anonymize_ip(self) -> bool:
         return self.is_production if self.log_anonymize_ip is None else self.log_anonymize_ip
+
+    @property
+    def rate_limits_shared(self) -> bool:
+        """Whether every worker and instance counts against the same budgets (Redis)."""
+        if self.rate_limit_backend == "auto":
+            return bool(self.redis_url)
+        return self.rate_limit_backend == "redis"
+
+    @property
+    def budget_divisor(self) -> int:
+        """Each budget is split between the workers that cannot share it (1: not split)."""
+        return 1 if self.rate_limits_shared else self.workers
+
+
+def export_workers(workers: int) -> None:
+    """Tell the worker processes about to be started how many they are (`Settings.workers`).
+
+    They read their settings from the environment they inherit, as `stalwart serve` reads its
+    own; the app factory they run takes no arguments.
+    """
+    os.environ["STALWART_WORKERS"] = str(workers)
 
 
 def production_problems(settings: Settings) -> list[str]:

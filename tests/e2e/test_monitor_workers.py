@@ -21,8 +21,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def test_two_workers_report_the_requests_of_both(tmp_path: Path) -> None:
     server = ServerProcess(
         tmp_path / "var",
-        env={"STALWART_MONITOR_TOKEN": TOKEN, "STALWART_METRICS_PUBLISH_SECONDS": "0.2"},
-        args=("--workers", "2"),
+        # STALWART_WORKERS is what `stalwart serve` starts when --workers is not given.
+        env={"STALWART_MONITOR_TOKEN": TOKEN, "STALWART_METRICS_PUBLISH_SECONDS": "0.2", "STALWART_WORKERS": "2"},
     )
     assert server.run_cli("migrate").returncode == 0
     server.start(timeout=60)  # two worker processes start slowly on a busy machine

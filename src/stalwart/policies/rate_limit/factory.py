@@ -21,6 +21,7 @@ __all__ = [
     "LOGIN_METHOD",
     "LOGIN_PATH",
     "backend_from_settings",
+    "configured_policy",
     "login_account_limiter",
     "login_account_policy",
     "rate_limit_middleware",
@@ -59,10 +60,24 @@ def backend_from_settings(settings: Settings, redis: Redis | None = None) -> Rat
     )
 
 
+def configured_policy(settings: Settings, text: str) -> Policy:
+    """A budget from the settings, as this process enforces it.
+
+    Workers that share no counters (`--workers N` without Redis) each admit 1/N of it, so
+    together they never admit more than the policy allows; a client whose requests all reach
+    one worker gets 1/N. Redis gives every worker and instance the whole budget, counted once.
+    """
+    policy = parse_policy(text)
+    divisor = settings.budget_divisor
+    if divisor == 1:
+        return policy
+    return Policy(limit=max(1, policy.limit // divisor), window=policy.window)
+
+
 def route_limits_from_settings(settings: Settings) -> list[RouteLimit]:
-    monitoring = parse_policy(settings.rate_limit_monitoring)
+    monitoring = configured_policy(settings, settings.rate_limit_monitoring)
     return [
-        RouteLimit(LOGIN_METHOD, LOGIN_PATH, parse_policy(settings.rate_limit_login)),
+        RouteLimit(LOGIN_METHOD, LOGIN_PATH, configured_policy(settings, settings.rate_limit_login)),
         RouteLimit("GET", "/api/monitor", monitoring),
         RouteLimit("GET", "/metrics", monitoring),
     ]
@@ -70,7 +85,7 @@ def route_limits_from_settings(settings: Settings) -> list[RouteLimit]:
 
 def login_account_policy(settings: Settings) -> Policy:
     """The per-account login budget, applied by the login handler with `backend.hit`."""
-    return parse_policy(settings.rate_limit_login_account)
+    return configured_policy(settings, settings.rate_limit_login_account)
 
 
 def login_account_limiter(settings: Settings, backend: RateLimitBackend) -> Callable[[str, Request], Awaitable[None]]:
@@ -90,7 +105,7 @@ def rate_limit_middleware(settings: Settings, resources: Any = None) -> Middlewa
     return Middleware(
         RateLimitMiddleware,
         backend,
-        policy=parse_policy(settings.rate_limit),
+        policy=configured_policy(settings, settings.rate_limit),
         routes=route_limits_from_settings(settings),
         ipv6_prefix=settings.rate_limit_ipv6_prefix,
     )
