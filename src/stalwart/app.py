@@ -63,8 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.resources = resources
     include_api(app)
-    app.mount("/docs/assets", swagger_assets(), name="docs-assets")
-    mount_static(app, static_directory(settings))  # /static, policies/static.py
+    # Both served as policies/static.py serves assets, knowing what the compression layer will do.
+    app.mount("/docs/assets", swagger_assets(settings.compression_min_size), name="docs-assets")
+    mount_static(app, static_directory(settings), compression_min_size=settings.compression_min_size)
     install_openapi(app)
     install_policies(app, settings, resources)
     return app

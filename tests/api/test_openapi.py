@@ -53,6 +53,13 @@ async def test_docs_page_uses_self_hosted_assets_without_inline_script(client: h
     js = await client.get("/docs/assets/swagger-ui-bundle.js")
     assert js.status_code == 200
     assert len(js.content) > 100_000
+    # Served as every static asset (policies/static.py): validators and a cache policy, and a
+    # revalidation answered with the same fields.
+    assert js.headers["cache-control"] == "public, max-age=300"
+    again = await client.get("/docs/assets/swagger-ui-bundle.js", headers={"If-None-Match": js.headers["etag"]})
+    assert again.status_code == 304
+    assert again.headers["etag"] == js.headers["etag"]
+    assert again.headers["content-security-policy"] == js.headers["content-security-policy"]
     init = await client.get("/docs/init.js")
     assert init.headers["content-type"].startswith("text/javascript")
 

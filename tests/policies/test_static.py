@@ -435,6 +435,41 @@ async def test_the_app_serves_static_files_through_the_whole_policy_stack(
         assert missing.headers["content-type"] == "application/problem+json"
 
 
+_REVALIDATED = ("etag", "vary", "cache-control", "content-type", "content-security-policy",
+               "x-frame-options", "last-modified")
+
+
+@pytest.mark.parametrize("path", ["/static/app.js", "/static/sub/page.html", "/static/logo.png"])
+@pytest.mark.parametrize("accept", ["br, gzip", "identity"])
+async def test_a_304_carries_the_fields_of_the_200_it_revalidates(
+    site: Path, tmp_path: Path, path: str, accept: str
+) -> None:
+    # Without variants on disk, so the compression layer compresses the 200 itself (and
+    # weakens its ETag); a cache updates the stored 200 with the 304's fields (RFC 9111 4.3.4).
+    from stalwart.app import create_app
+
+    application = create_app(make_settings(tmp_path, static_dir=site, database_url=""))
+    async with application.router.lifespan_context(application):
+        full = await get(application, path, {"Accept-Encoding": accept})
+        again = await get(application, path, {"Accept-Encoding": accept, "If-None-Match": full.headers["etag"]})
+    assert (full.status_code, again.status_code) == (200, 304)
+    assert {name: again.headers.get(name) for name in _REVALIDATED} == {
+        name: full.headers.get(name) for name in _REVALIDATED
+    }
+    if path == "/static/app.js" and accept != "identity":
+        assert full.headers["content-encoding"] == "br"
+        assert full.headers["etag"].startswith('W/"')
+
+
+async def test_a_range_keeps_the_strong_etag_the_compression_layer_leaves_alone(site: Path) -> None:
+    app = Starlette()
+    mount_static(app, site, compression_min_size=10)
+    whole = await get(app, "/static/app.js", {"Accept-Encoding": "br"})
+    part = await get(app, "/static/app.js", {"Accept-Encoding": "br", "Range": "bytes=0-9"})
+    assert whole.headers["etag"] == "W/" + etag_of(JS)  # the layer outside will compress it
+    assert (part.status_code, part.headers["etag"]) == (206, etag_of(JS))  # 206 is never compressed
+
+
 def test_build_static_command(site: Path) -> None:
     from typer.testing import CliRunner
 

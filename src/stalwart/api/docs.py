@@ -11,7 +11,8 @@ from pathlib import Path
 import fastapi_offline
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
-from starlette.staticfiles import StaticFiles
+
+from stalwart.policies.static import StaticAssets
 
 __all__ = ["SWAGGER_DIR", "router", "swagger_assets"]
 
@@ -51,5 +52,6 @@ async def swagger_init() -> HTMLResponse:
     return HTMLResponse(_INIT, media_type="text/javascript")
 
 
-def swagger_assets() -> StaticFiles:
-    return StaticFiles(directory=SWAGGER_DIR)
+def swagger_assets(compression_min_size: int | None = None) -> StaticAssets:
+    """The Swagger UI files, served as every static asset is (policies/static.py)."""
+    return StaticAssets(SWAGGER_DIR, compression_min_size=compression_min_size)

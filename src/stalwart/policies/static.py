@@ -239,7 +239,9 @@ class StaticAssets:
         immutable_max_age: int = 31_536_000,
         memory_file_limit: int = 256 * 1024,
         memory_total_limit: int = 32 * 1024 * 1024,
+        compression_min_size: int | None = None,
     ) -> None:
+        """`compression_min_size`: that of the compression layer outside, if there is one."""
         root = Path(directory).resolve(strict=True)
         if not root.is_dir():
             raise NotADirectoryError(str(root))
@@ -252,6 +254,7 @@ class StaticAssets:
         self._memory_used = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._types: dict[str, bytes] = {}
+        self._compression_min_size = compression_min_size
 
     # --- path safety -------------------------------------------------------------------------
     def _relative_parts(self, scope: Scope) -> list[str] | None:
@@ -342,19 +345,29 @@ class StaticAssets:
         range_header = headers.get("range") if method == "GET" else None
         rep = await self._select(real, st, headers.get("accept-encoding", ""), range_header)
         name = real.rsplit(os.sep, 1)[-1]
+        content_type = self._content_type(name)
+        etag = rep.entry.etag
+        if rep.coding is None and self._compressed_outside(content_type, rep.size, headers):
+            # The compression layer will compress these bytes and weaken the ETag of the 200
+            # (the bytes sent are not these); weakened here, the 304 carries the same one.
+            etag = b"W/" + etag
         common = [
             (b"cache-control", self._long_cache if is_hashed_name(name) else self._short_cache),
-            (b"etag", rep.entry.etag),
+            (b"etag", etag),
             (b"last-modified", formatdate(st.st_mtime, usegmt=True).encode()),
             (b"vary", b"Accept-Encoding"),
         ]
 
         if _not_modified(headers, rep.entry.etag, st.st_mtime):
-            await send({"type": "http.response.start", "status": 304, "headers": common})
+            # Content-Type too, though a 304 may omit it (RFC 9110 15.4.5): the security
+            # headers layer chooses the CSP by it, and a cache updates the stored 200 with this
+            # answer's fields, so they must be the 200's.
+            not_modified = [(b"content-type", content_type), *common]
+            await send({"type": "http.response.start", "status": 304, "headers": not_modified})
             await send({"type": "http.response.body", "body": b""})
             return
 
-        out = [(b"content-type", self._content_type(name)), (b"accept-ranges", b"bytes"), *common]
+        out = [(b"content-type", content_type), (b"accept-ranges", b"bytes"), *common]
         if rep.coding is not None:
             out.append((b"content-encoding", rep.coding.encode()))
         start, end, status = 0, rep.size - 1, 200
@@ -373,6 +386,7 @@ class StaticAssets:
                 start, end = parsed
                 status = 206
                 out.append((b"content-range", f"bytes {start}-{end}/{rep.size}".encode()))
+                out = [(k, rep.entry.etag if k == b"etag" else v) for k, v in out]  # never compressed
         length = max(end - start + 1, 0)
         out.append((b"content-length", str(length).encode()))
         await send({"type": "http.response.start", "status": status, "headers": out})
@@ -394,6 +408,16 @@ class StaticAssets:
     def _is_variant(self, real: str) -> bool:
         # `app.js.br` is served as the encoding of `app.js`, never as a file of its own.
         return any(real.endswith(s) and os.path.isfile(real[: -len(s)]) for s in _VARIANT_SUFFIXES)
+
+    def _compressed_outside(self, content_type: bytes, size: int, headers: dict[str, str]) -> bool:
+        """Whether the compression layer will compress a 200 of these identity bytes."""
+        min_size = self._compression_min_size
+        return (
+            min_size is not None
+            and size >= min_size
+            and is_compressible_type(content_type, EXCLUDED_CONTENT_TYPES)
+            and negotiate_encoding(headers.get("accept-encoding", "")) is not None
+        )
 
     async def _select(
         self, real: str, st: os.stat_result, accept_encoding: str, range_header: str | None
