@@ -15,7 +15,8 @@ the cache policy). What it does:
 
 * strong ETag = hash of the bytes of the representation sent (identity, `.br` or `.gz`),
   `Last-Modified`, 304 on `If-None-Match` (weak comparison, lists, `*`) or, without it,
-  `If-Modified-Since`;
+  `If-Modified-Since`; the ETag is weak when the compression layer outside will compress the
+  identity bytes (`compression_min_size`), so a 304 carries the same one as its 200;
 * `Cache-Control: public, max-age=31536000, immutable` for content-hashed names
   (`app.3f2a9c1b.js`, `app-3f2a9c1b.css`: a segment of 8+ lowercase hex digits after the
   first) and `public, max-age=300` otherwise;
