@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from stalwart.cli import app
 from stalwart.data.migrate import current_revision
+from stalwart.settings import Settings
 
 runner = CliRunner()
 
@@ -43,15 +45,48 @@ def test_check_config_ok_in_development(tmp_path: Path) -> None:
     assert "configuration ok for test" in result.output
 
 
-def test_create_admin_then_promote(tmp_path: Path) -> None:
+def _login(env: dict[str, str], tmp_path: Path, email: str, password: str) -> tuple[str, str] | None:
+    """(role, display name) of the account if `password` is its password, else None."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from stalwart.credentials import Passwords
+    from stalwart.data.engine import Database
+    from stalwart.data.models import Account
+
+    settings = Settings(_env_file=None, **{k.removeprefix("STALWART_").lower(): v for k, v in env.items()})  # type: ignore[call-arg]
+
+    async def check() -> tuple[str, str] | None:
+        db = Database(settings)
+        await db.start()
+        try:
+            async with db.session() as session:
+                account = await session.scalar(select(Account).where(Account.email == email))
+                assert account is not None
+                ok = await Passwords(settings).verify(account.password_hash, password)
+                return (account.role, account.display_name) if ok else None
+        finally:
+            await db.close()
+
+    return asyncio.run(check())
+
+
+def test_create_admin_asks_for_a_password_then_promotes_without_one(tmp_path: Path) -> None:
     env = _env(tmp_path)
     assert runner.invoke(app, ["migrate"], env=env).exit_code == 0
-    args = ["create-admin", "--email", "ops@example.com", "--display-name", "Ops"]
-    result = runner.invoke(app, args, input="a long password\na long password\n", env=env)
+    result = runner.invoke(app, ["create-admin", "--email", "ops@example.com"], input="a long password\n" * 2, env=env)
     assert result.exit_code == 0, result.output
-    assert "created admin" in result.output
-    result = runner.invoke(app, args, input="a long password\na long password\n", env=env)
-    assert "promoted admin" in result.output
+    assert "created admin" in result.stdout
+    assert _login(env, tmp_path, "ops@example.com", "a long password") == ("admin", "Administrator")
+    # Promoting (here an admin again) asks nothing and changes neither password nor name.
+    args = ["create-admin", "--email", "ops@example.com", "--display-name", "Other", "--password", "another password"]
+    result = runner.invoke(app, args, input="", env=env)
+    assert result.exit_code == 0, result.output
+    assert "promoted admin" in result.stdout
+    assert result.stderr.strip() == "note: promoted only; the account keeps its password and display name"
+    assert _login(env, tmp_path, "ops@example.com", "a long password") == ("admin", "Administrator")
+    assert _login(env, tmp_path, "ops@example.com", "another password") is None
 
 
 def test_create_admin_rejects_weak_password(tmp_path: Path) -> None:
@@ -61,6 +96,14 @@ def test_create_admin_rejects_weak_password(tmp_path: Path) -> None:
     result = runner.invoke(app, args, input="short\nshort\n", env=env)
     assert result.exit_code == 1
     assert "invalid password" in result.output
+
+
+def test_create_admin_rejects_a_bad_email_before_asking_anything(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert runner.invoke(app, ["migrate"], env=env).exit_code == 0
+    result = runner.invoke(app, ["create-admin", "--email", "not-an-email"], input="", env=env)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: invalid email"
 
 
 def test_audit_prints_what_the_server_sent_as_text_and_exits_1_on_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,3 +126,32 @@ def test_audit_that_cannot_run_exits_2_with_one_line(monkeypatch: pytest.MonkeyP
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: 'http://[::1' is not a URL"
     assert result.stdout == ""
+
+
+def test_an_unreachable_database_is_one_line_not_a_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stalwart.cli import main
+    from tests.e2e.serving import free_port
+
+    for name, value in _env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("STALWART_DATABASE_URL", f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    monkeypatch.setattr(sys, "argv", ["stalwart", "purge"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: a service the command needs cannot be used (ConnectionRefusedError);"
+        " check STALWART_DATABASE_URL and STALWART_REDIS_URL\n"
+    )
+
+
+def test_migrate_to_an_unknown_revision_and_build_static_of_no_folder_are_one_line(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    result = runner.invoke(app, ["migrate", "--to", "bogus"], env=env)
+    assert (result.exit_code, result.stderr) == (
+        1, "error: no revision 'bogus'; see `stalwart migrate --help` and CHANGELOG.md\n"
+    )
+    result = runner.invoke(app, ["build-static", str(tmp_path / "none")], env=env)
+    assert (result.exit_code, result.stderr) == (1, f"error: {tmp_path / 'none'} is not a folder\n")

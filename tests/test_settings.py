@@ -78,3 +78,28 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert s.cors_origins == ["https://a.example.com", "https://b.example.com"]
     assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
     assert s.rate_limit == "50/minute"
+
+
+def test_a_short_backup_key_is_refused_and_never_echoed(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from stalwart.settings import invalid_settings
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, data_dir=tmp_path, backup_encryption_key="short-secret-value", workers=0)  # type: ignore[call-arg]
+    assert sorted(invalid_settings(refused.value)) == [
+        "STALWART_BACKUP_ENCRYPTION_KEY: must be at least 32 characters",
+        "STALWART_WORKERS: Input should be greater than or equal to 1",
+    ]
+    assert Settings(_env_file=None, data_dir=tmp_path, backup_encryption_key="").backup_encryption_key is None  # type: ignore[call-arg]
+
+
+def test_cli_configuration_errors_name_the_variable_not_the_value(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stalwart.cli import app
+
+    env = {"STALWART_DATA_DIR": str(tmp_path), "STALWART_BACKUP_ENCRYPTION_KEY": "short-secret-value"}
+    result = CliRunner().invoke(app, ["check-config"], env=env)
+    assert result.exit_code == 2
+    assert result.stderr == "invalid configuration: STALWART_BACKUP_ENCRYPTION_KEY: must be at least 32 characters\n"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from stalwart.ops.commands import backup_app, gdpr_app, purge_command, restore_command
-from stalwart.settings import Settings, production_problems
+from stalwart.settings import Settings, invalid_settings, production_problems
 
 __all__ = ["app", "main"]
 
@@ -23,8 +26,9 @@ out = Console()
 def _settings() -> Settings:
     try:
         return Settings()
-    except Exception as exc:  # pydantic ValidationError: print each bad setting, no trace
-        err.print(f"[red]invalid configuration:[/red] {exc}")
+    except ValidationError as exc:  # each bad setting on a line, no trace and no value
+        for line in invalid_settings(exc):
+            err.print(Text(f"invalid configuration: {line}"), soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -45,32 +49,55 @@ def migrate(
     to: Annotated[str, typer.Option("--to", help="Target revision (default head; 'base' empties)")] = "head",
 ) -> None:
     """Upgrade the database schema to head, or up/down to a given revision."""
+    from alembic.util import CommandError
+
     from stalwart.data.migrate import current_revision, migrate_to
 
     settings = _settings()
     url = settings.effective_database_url
-    migrate_to(url, to)
+    try:
+        migrate_to(url, to)
+    except CommandError:
+        err.print(Text(f"error: no revision {to!r}; see `stalwart migrate --help` and CHANGELOG.md"), soft_wrap=True)
+        raise typer.Exit(1) from None
     out.print(f"database at revision {current_revision(url) or 'base'}")
 
 
 @app.command("create-admin")
 def create_admin(
     email: Annotated[str, typer.Option(prompt=True)],
-    display_name: Annotated[str, typer.Option(prompt=True)] = "Administrator",
+    display_name: Annotated[str, typer.Option(help="For a new account")] = "Administrator",
     password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar=None)
-    ] = "",
+        str | None,
+        typer.Option(help="For a new account; asked for (twice, hidden) when not given", envvar=None),
+    ] = None,
 ) -> None:
-    """Create an account with the admin role (or promote an existing one)."""
-    from stalwart.ops.admins import create_or_promote_admin
+    """Create an account with the admin role, or give the role to an existing account.
+
+    An existing account keeps its password and display name.
+    """
+    from stalwart.ops.admins import PasswordNeeded, create_or_promote_admin
 
     settings = _settings()
+
+    def run(secret: str | None) -> tuple[str, bool]:
+        return asyncio.run(create_or_promote_admin(settings, email, display_name, secret))
+
     try:
-        account_id, created = asyncio.run(create_or_promote_admin(settings, email, display_name, password))
+        try:
+            account_id, created = run(password)
+        except PasswordNeeded:
+            secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+            account_id, created = run(secret)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    out.print(f"{'created' if created else 'promoted'} admin {account_id}")
+    if created:
+        out.print(f"created admin {account_id}")
+        return
+    out.print(f"promoted admin {account_id}")
+    if password is not None or display_name != "Administrator":
+        err.print("note: promoted only; the account keeps its password and display name")
 
 
 @app.command()
@@ -166,11 +193,49 @@ def build_static_command(
     from stalwart.policies.static import build_static, static_directory
 
     target = directory if directory is not None else static_directory(_settings())
+    if not target.is_dir():
+        err.print(Text(f"error: {target} is not a folder"), soft_wrap=True)
+        raise typer.Exit(1)
     written = build_static(target)
     for path in written:
         out.print(str(path))
     out.print(f"{len(written)} compressed variants written under {target}")
 
 
+def _unreachable() -> tuple[type[BaseException], ...]:
+    """Errors meaning the database (or Redis) cannot be used at all: one line, no trace."""
+    import asyncpg
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    return (
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InvalidCatalogNameError,
+        asyncpg.InvalidPasswordError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        sqlalchemy.exc.DBAPIError,  # the driver's error, wrapped: unreachable, no such database
+        redis.exceptions.ConnectionError,
+    )
+
+
 def main() -> None:
-    sys.exit(app())
+    try:
+        code = app()
+    except Exception as exc:
+        if not isinstance(exc, _unreachable()):
+            raise
+        cause: BaseException = exc
+        while isinstance(cause.__cause__, Exception):  # the driver's own error names the problem
+            cause = cause.__cause__
+        err.print(
+            Text(
+                f"error: a service the command needs cannot be used ({type(cause).__name__});"
+                " check STALWART_DATABASE_URL and STALWART_REDIS_URL"
+            ),
+            soft_wrap=True,
+        )
+        code = 1
+    sys.exit(code)

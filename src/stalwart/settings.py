@@ -9,10 +9,17 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_SECRET_KEY", "Environment", "Settings", "export_workers", "production_problems"]
+__all__ = [
+    "DEFAULT_SECRET_KEY",
+    "Environment",
+    "Settings",
+    "export_workers",
+    "invalid_settings",
+    "production_problems",
+]
 
 # A development default so `make run` works out of the box; production refuses it.
 DEFAULT_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105
@@ -194,6 +201,17 @@ class Settings(BaseSettings):
     def _split_lists(cls, value: object) -> object:
         return _split(value)
 
+    @field_validator("backup_encryption_key", mode="before")
+    @classmethod
+    def _backup_key(cls, value: object) -> object:
+        # scrypt stretches the key, but a short one is still guessable offline from an archive.
+        if value == "":
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and len(text) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _parse_networks(cls, value: object) -> object:
@@ -236,6 +254,15 @@ class Settings(BaseSettings):
     def budget_divisor(self) -> int:
         """Each budget is split between the workers that cannot share it (1: not split)."""
         return 1 if self.rate_limits_shared else self.workers
+
+
+def invalid_settings(exc: ValidationError) -> list[str]:
+    """One line per bad setting, named as its variable, without the value (it may be a secret)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        name = "STALWART_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+        lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return lines
 
 
 def export_workers(workers: int) -> None:

@@ -129,7 +129,7 @@ async def test_wrong_key_is_refused_and_the_database_is_untouched(ops_settings: 
     result = await create_backup(settings)
     await seed(settings, accounts=1, notes=1)
     before = await count_tables(settings)
-    wrong = make_settings(tmp_path, database_url=url, backup_encryption_key="not-the-key-0123456789")
+    wrong = make_settings(tmp_path, database_url=url, backup_encryption_key="not-the-key-" * 4)
     with pytest.raises(ArchiveError, match=r"^wrong encryption key for this archive"):
         await anyio.to_thread.run_sync(restore_archive, wrong, result.path)
     no_key = make_settings(tmp_path, database_url=url)

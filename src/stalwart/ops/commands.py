@@ -17,10 +17,11 @@ from typing import Annotated, TypeVar
 
 import orjson
 import typer
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from stalwart.data.engine import Database
-from stalwart.settings import Settings
+from stalwart.settings import Settings, invalid_settings
 
 __all__ = ["backup_app", "gdpr_app", "purge_command", "restore_command"]
 
@@ -33,8 +34,8 @@ backup_app = typer.Typer(help="Make a backup archive (no subcommand), or verify 
 def _settings() -> Settings:
     try:
         return Settings()
-    except Exception as exc:  # pydantic ValidationError: one line, no trace
-        _fail(f"invalid configuration: {exc}".replace("\n", "; "), code=2)
+    except ValidationError as exc:  # each bad setting, no trace and no value
+        _fail("invalid configuration: " + "; ".join(invalid_settings(exc)), code=2)
         raise AssertionError from exc  # unreachable
 
 
