@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 import httpx
 import pytest
-from sqlalchemy import select
+from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from stalwart.data.models import Account as AccountRow
+from stalwart.data.models import AuditEvent
 from tests.conftest import Account, signup
 
 pytestmark = pytest.mark.anyio
@@ -38,6 +43,39 @@ async def test_duplicate_email_is_409(client: httpx.AsyncClient, alice: Account)
     )
     assert r.status_code == 409
     assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_concurrent_registrations_of_one_email_make_one_account_and_409s(
+    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passwords = app.state.resources.passwords
+    hash_password: Callable[[str], Awaitable[str]] = passwords.hash
+    together = asyncio.Barrier(3)
+
+    async def hash_then_wait(password: str) -> str:
+        # Every request is past the "email taken?" check before any of them inserts.
+        hashed = await hash_password(password)
+        await together.wait()
+        return hashed
+
+    monkeypatch.setattr(passwords, "hash", hash_then_wait)
+    payload = {"email": "race@example.com", "password": "race password 12", "display_name": "R"}
+    responses = await asyncio.gather(*(client.post("/api/v1/accounts", json=payload) for _ in range(3)))
+
+    assert sorted(r.status_code for r in responses) == [201, 409, 409]
+    for r in responses:
+        if r.status_code == 409:
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["detail"] == "An account with this email already exists."
+            assert r.json()["request_id"]
+    async with app.state.resources.db.session() as s:
+        accounts = await s.scalar(
+            select(func.count()).select_from(AccountRow).where(AccountRow.email == "race@example.com")
+        )
+        registered = await s.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.event == "account.registered")
+        )
+    assert (accounts, registered) == (1, 1)
 
 
 async def test_role_cannot_be_self_assigned(client: httpx.AsyncClient) -> None:

@@ -39,9 +39,11 @@ async def register(
         role="user",  # never from the request body
     )
     session.add(account)
-    await session.flush()
-    record(session, "account.registered", subject=account.id, actor=account.id, ip=client_ip(request))
     try:
+        # The INSERT happens at the flush: that is where a concurrent registration of the
+        # same email, past the check above, hits the unique constraint.
+        await session.flush()
+        record(session, "account.registered", subject=account.id, actor=account.id, ip=client_ip(request))
         await session.commit()
     except IntegrityError:  # a concurrent registration won the race
         await session.rollback()
