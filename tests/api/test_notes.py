@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from stalwart.data.models import Note
+from stalwart.api import notes as notes_api
+from stalwart.data.models import Note, NoteTag
+from stalwart.data.reads import Principal
 from tests.conftest import Account
 
 pytestmark = pytest.mark.anyio
@@ -104,6 +109,41 @@ async def test_patch_changes_fields_and_bumps_version(client: httpx.AsyncClient,
     assert r.json()["version"] == 2
     r = await client.get("/api/v1/notes?tag=a", headers=alice.headers)
     assert r.json()["data"] == []
+
+
+async def test_concurrent_tag_patches_one_wins_the_others_get_409(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    note = await _create(client, alice, title="shared", tags=["start"])
+    load = notes_api._owned
+    together = asyncio.Barrier(3)
+
+    async def load_then_wait(session: AsyncSession, caller: Principal, note_id: str) -> Note:
+        # Every request holds version 1 before any of them writes.
+        loaded = await load(session, caller, note_id)
+        await together.wait()
+        return loaded
+
+    monkeypatch.setattr(notes_api, "_owned", load_then_wait)
+    responses = await asyncio.gather(
+        *(
+            client.patch(f"/api/v1/notes/{note['id']}", json={"tags": [f"u{i}"]}, headers=alice.headers)
+            for i in range(3)
+        )
+    )
+
+    assert sorted(r.status_code for r in responses) == [200, 409, 409]
+    (winner,) = [r.json() for r in responses if r.status_code == 200]
+    for r in responses:
+        if r.status_code == 409:
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["detail"] == "The note was changed by another request; fetch it again."
+    async with app.state.resources.db.session() as s:
+        stored = await s.scalar(select(Note).where(Note.id == note["id"]))
+        tag_rows = (await s.scalars(select(NoteTag.tag).where(NoteTag.note_id == note["id"]))).all()
+    assert stored is not None
+    assert (stored.version, stored.tags) == (2, winner["tags"])
+    assert list(tag_rows) == winner["tags"]
 
 
 async def test_owner_fields_cannot_be_mass_assigned(client: httpx.AsyncClient, alice: Account, bob: Account) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlencode
@@ -167,10 +169,13 @@ async def update_note(
         note.tags = tags
     if changes:
         note.updated_at = utcnow()  # the version is bumped by the mapper (version_id_col)
-    if tags is not None:
-        await session.execute(delete(NoteTag).where(NoteTag.note_id == note.id))
-        session.add_all([NoteTag(note_id=note.id, tag=t, account_id=caller.account_id) for t in tags])
-    await _commit_versioned(session)
+    async with _versioned(session):
+        if tags is not None:
+            # This statement autoflushes the note's UPDATE, whose version check is where a
+            # concurrent write shows: it must fail as a 409 here as much as at the commit.
+            await session.execute(delete(NoteTag).where(NoteTag.note_id == note.id))
+            session.add_all([NoteTag(note_id=note.id, tag=t, account_id=caller.account_id) for t in tags])
+        await session.commit()
     await resources.invalidate_notes(caller.account_id)
     response.headers["ETag"] = version_etag(note.version)
     return note_out(note)
@@ -189,14 +194,16 @@ async def delete_note(
     check_if_match(request, version_etag(note.version))
     # Soft delete: restorable from the trash until the retention purge (stalwart.ops.retention).
     note.deleted_at = utcnow()
-    await _commit_versioned(session)
+    async with _versioned(session):
+        await session.commit()
     await resources.invalidate_notes(caller.account_id)
     return Response(status_code=204)
 
 
-async def _commit_versioned(session: Session) -> None:
+@asynccontextmanager
+async def _versioned(session: Session) -> AsyncIterator[None]:
     try:
-        await session.commit()
+        yield
     except StaleDataError:
         # Another request changed the note between our read and our write.
         await session.rollback()
