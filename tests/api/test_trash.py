@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 
@@ -9,8 +10,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from stalwart.api import trash as trash_api
 from stalwart.data.models import Note, NoteTag
+from stalwart.data.reads import Principal
 from stalwart.data.types import utcnow
 from stalwart.ops.retention import purge
 from tests.conftest import Account
@@ -91,6 +95,34 @@ async def test_delete_from_trash_removes_for_good_now(client: httpx.AsyncClient,
     assert await _rows(app, Note, note_id) == 0
     assert await _rows(app, NoteTag, note_id) == 0
     assert await _rows(app, Note, live_id) == 1
+
+
+async def test_concurrent_deletes_from_trash_one_204_then_404s(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    note_id = await _note(client, alice, tags=["x", "y"])
+    await client.delete(f"/api/v1/notes/{note_id}", headers=alice.headers)
+    load = trash_api._trashed
+    together = asyncio.Barrier(3)
+
+    async def load_then_wait(session: AsyncSession, caller: Principal, note_id: str) -> Note:
+        # Every request has found the note in the trash before any of them deletes it.
+        loaded = await load(session, caller, note_id)
+        await together.wait()
+        return loaded
+
+    monkeypatch.setattr(trash_api, "_trashed", load_then_wait)
+    responses = await asyncio.gather(
+        *(client.delete(f"/api/v1/trash/{note_id}", headers=alice.headers) for _ in range(3))
+    )
+
+    assert sorted(r.status_code for r in responses) == [204, 404, 404]
+    for r in responses:
+        if r.status_code == 404:
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["detail"] == "No such note in your trash."
+    assert await _rows(app, Note, note_id) == 0
+    assert await _rows(app, NoteTag, note_id) == 0
 
 
 async def test_trash_pages_most_recently_deleted_first(client: httpx.AsyncClient, alice: Account) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any, cast
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response, status
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import CursorResult, and_, delete, or_, select
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
 
@@ -111,6 +111,18 @@ async def restore_note(note_id: str, caller: Caller, session: Session, resources
 async def purge_note(note_id: str, caller: Caller, session: Session) -> Response:
     note = await _trashed(session, caller, note_id)
     await session.execute(delete(NoteTag).where(NoteTag.note_id == note.id))
-    await session.delete(note)
+    # Conditional on the note still being in the trash: a concurrent purge (or restore) since
+    # the read above leaves nothing to delete, which is this request's 404, not an error.
+    purged = cast(
+        "CursorResult[Any]",
+        await session.execute(
+            delete(Note).where(
+                Note.id == note.id, Note.account_id == caller.account_id, Note.deleted_at.is_not(None)
+            )
+        ),
+    )
+    if purged.rowcount == 0:
+        await session.rollback()
+        raise HTTPException(404, _NOT_FOUND)
     await session.commit()
     return Response(status_code=204)
