@@ -215,6 +215,27 @@ async def test_invalid_note_is_422_and_writes_nothing(
     assert await _count_notes(app, alice.id) == 0
 
 
+async def test_unpaired_surrogate_in_a_body_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI
+) -> None:
+    # Raw JSON: the escape must reach the server as written (httpx's encoder would refuse it).
+    headers = {**alice.headers, "content-type": "application/json"}
+    r = await client.post("/api/v1/notes", content=b'{"title": "ok", "body": "\\ud800x"}', headers=headers)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    assert [e["pointer"] for e in r.json()["errors"]] == ["/body"]
+    assert await _count_notes(app, alice.id) == 0
+
+    note = await _create(client, alice, title="kept", body="kept")
+    r = await client.patch(f"/api/v1/notes/{note['id']}", content=b'{"body": "\\udfff"}', headers=headers)
+    assert r.status_code == 422
+    assert [e["pointer"] for e in r.json()["errors"]] == ["/body"]
+    async with app.state.resources.db.session() as s:
+        stored = await s.scalar(select(Note).where(Note.id == note["id"]))
+    assert stored is not None
+    assert (stored.body, stored.version) == ("kept", 1)
+
+
 async def test_notes_require_a_token(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/notes")
     assert r.status_code == 401

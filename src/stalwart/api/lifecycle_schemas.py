@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
-from stalwart.api.schemas import NoteOut
+from stalwart.api.schemas import NoteOut, _Strict
 
 __all__ = ["AccountErase", "AuditEventOut", "BackupJobOut", "BackupOut", "TrashedNoteOut"]
 
@@ -17,9 +17,7 @@ class TrashedNoteOut(NoteOut):
     purge_after: datetime = Field(description="When the retention purge removes it for good.")
 
 
-class AccountErase(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
+class AccountErase(_Strict):
     current_password: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
         description="Your password, to confirm the erasure."
     )

@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 __all__ = [
     "AccountCreate",
@@ -24,6 +24,7 @@ __all__ = [
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _no_control(value: str) -> str:
@@ -55,8 +56,26 @@ Password = Annotated[str, StringConstraints(min_length=12, max_length=128)]
 Email = Annotated[EmailStr, StringConstraints(max_length=254)]
 
 
+def _has_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, list):
+        return any(_has_surrogate(item) for item in value)
+    return False
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: object) -> object:
+        # JSON may escape an unpaired surrogate ("\ud800"): Python decodes it to a str that no
+        # database driver can encode (a 500 at the write). Checked on every field before its
+        # type, so no field depends on its own constraints happening to refuse it.
+        if _has_surrogate(value):
+            raise ValueError("unpaired surrogates (U+D800 to U+DFFF) are not allowed")
+        return value
 
 
 class AccountCreate(_Strict):
