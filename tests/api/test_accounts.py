@@ -93,12 +93,13 @@ async def test_role_cannot_be_self_assigned(client: httpx.AsyncClient) -> None:
         ({"email": "not-an-email", "password": "long enough pw", "display_name": "x"}, "/email"),
         ({"email": "a@example.com", "password": "short", "display_name": "x"}, "/password"),
         ({"email": "a@example.com", "password": "long enough pw", "display_name": ""}, "/display_name"),
+        ({"email": "a@example.com", "password": "long enough pw", "display_name": "  "}, "/display_name"),
         ({"email": "a@example.com", "password": "long enough pw", "display_name": "a\nb"}, "/display_name"),
         ({"email": "a@example.com", "password": "long enough pw"}, "/display_name"),
     ],
 )
 async def test_invalid_registration_is_422_with_pointer(
-    client: httpx.AsyncClient, payload: dict[str, str], pointer: str
+    client: httpx.AsyncClient, app: FastAPI, payload: dict[str, str], pointer: str
 ) -> None:
     r = await client.post("/api/v1/accounts", json=payload)
     assert r.status_code == 422
@@ -107,6 +108,8 @@ async def test_invalid_registration_is_422_with_pointer(
     assert [e["pointer"] for e in problem["errors"]] == [pointer]
     # the submitted values are never echoed back (one may be a password)
     assert "long enough pw" not in r.text
+    async with app.state.resources.db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(AccountRow)) == 0
 
 
 async def test_get_account_self_only(client: httpx.AsyncClient, alice: Account, bob: Account) -> None:

@@ -23,6 +23,28 @@ async def test_patch_display_name(client: httpx.AsyncClient, alice: Account) -> 
     assert r.json()["display_name"] == "Alice L."
 
 
+@pytest.mark.parametrize(
+    ("display_name", "message"),
+    [
+        ("   ", "String should have at least 1 character"),
+        ("x" * 101, "String should have at most 100 characters"),
+    ],
+)
+async def test_blank_or_long_display_name_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, alice: Account, display_name: str, message: str
+) -> None:
+    r = await client.patch("/api/v1/me", json={"display_name": display_name}, headers=alice.headers)
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"pointer": "/display_name", "detail": message}]
+    assert (await client.get("/api/v1/me", headers=alice.headers)).json()["display_name"] == "alice"
+
+
+async def test_display_name_is_stored_stripped(client: httpx.AsyncClient, alice: Account) -> None:
+    r = await client.patch("/api/v1/me", json={"display_name": " " + "y" * 100 + " "}, headers=alice.headers)
+    assert r.status_code == 200
+    assert r.json()["display_name"] == "y" * 100
+
+
 async def test_email_change_needs_current_password(client: httpx.AsyncClient, alice: Account) -> None:
     r = await client.patch("/api/v1/me", json={"email": "new@example.com"}, headers=alice.headers)
     assert r.status_code == 403

@@ -198,6 +198,7 @@ async def test_delete_removes_the_note(client: httpx.AsyncClient, alice: Account
         {"title": ""},
         {"title": "x" * 201},
         {"title": "a\x00b"},
+        {"title": "ok\n"},  # control characters are refused before the strip could hide them
         {"title": "ok", "tags": ["x" * 51]},
         {"title": "ok", "tags": [f"t{i}" for i in range(21)]},
         {"title": "ok", "body": "x" * 100_001},
@@ -234,6 +235,38 @@ async def test_unpaired_surrogate_in_a_body_is_422_and_changes_nothing(
         stored = await s.scalar(select(Note).where(Note.id == note["id"]))
     assert stored is not None
     assert (stored.body, stored.version) == ("kept", 1)
+
+
+@pytest.mark.parametrize(
+    ("title", "message"),
+    [
+        ("   ", "String should have at least 1 character"),
+        ("\u00a0 \u3000", "String should have at least 1 character"),
+        ("x" * 201, "String should have at most 200 characters"),
+        (" " + "x" * 201 + " ", "String should have at most 200 characters"),
+    ],
+)
+async def test_blank_or_long_title_is_422_counted_after_stripping(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI, title: str, message: str
+) -> None:
+    r = await client.post("/api/v1/notes", json={"title": title}, headers=alice.headers)
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"pointer": "/title", "detail": message}]
+    assert await _count_notes(app, alice.id) == 0
+
+    note = await _create(client, alice, title="kept")
+    r = await client.patch(f"/api/v1/notes/{note['id']}", json={"title": title}, headers=alice.headers)
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"pointer": "/title", "detail": message}]
+    async with app.state.resources.db.session() as s:
+        stored = await s.scalar(select(Note).where(Note.id == note["id"]))
+    assert stored is not None
+    assert (stored.title, stored.version) == ("kept", 1)
+
+
+async def test_title_length_is_counted_after_stripping(client: httpx.AsyncClient, alice: Account) -> None:
+    note = await _create(client, alice, title="  " + "x" * 200 + "  ")
+    assert note["title"] == "x" * 200
 
 
 async def test_notes_require_a_token(client: httpx.AsyncClient) -> None:

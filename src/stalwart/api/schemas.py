@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 __all__ = [
     "AccountCreate",
@@ -27,22 +27,26 @@ _CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def _no_control(value: str) -> str:
-    if _CONTROL.search(value):
+def _no_control(value: object) -> object:
+    if isinstance(value, str) and _CONTROL.search(value):
         raise ValueError("control characters are not allowed")
     return value
 
 
-def _no_control_multiline(value: str) -> str:
-    if _CONTROL_MULTILINE.search(value):
+def _no_control_multiline(value: object) -> object:
+    if isinstance(value, str) and _CONTROL_MULTILINE.search(value):
         raise ValueError("control characters are not allowed")
     return value
 
 
-PlainText = Annotated[str, AfterValidator(_no_control)]
-Title = Annotated[PlainText, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# The constraints must come first, straight on `str`: behind a validator pydantic applies them
+# as generic checks (length before the strip, so "   " passed as "", and "items" in the
+# message). Control characters are checked on the input as sent, before the strip.
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), BeforeValidator(_no_control)
+]
 DisplayName = Annotated[
-    PlainText, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), BeforeValidator(_no_control)
 ]
 Tag = Annotated[
     str,
@@ -51,7 +55,7 @@ Tag = Annotated[
         pattern=r"^[\w][\w .:+#-]*$",
     ),
 ]
-Body = Annotated[str, AfterValidator(_no_control_multiline), StringConstraints(max_length=100_000)]
+Body = Annotated[str, StringConstraints(max_length=100_000), BeforeValidator(_no_control_multiline)]
 Password = Annotated[str, StringConstraints(min_length=12, max_length=128)]
 Email = Annotated[EmailStr, StringConstraints(max_length=254)]
 
