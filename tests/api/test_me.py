@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
 
+from stalwart.data.models import AuditEvent
 from tests.conftest import Account
 
 pytestmark = pytest.mark.anyio
@@ -43,6 +46,26 @@ async def test_display_name_is_stored_stripped(client: httpx.AsyncClient, alice:
     r = await client.patch("/api/v1/me", json={"display_name": " " + "y" * 100 + " "}, headers=alice.headers)
     assert r.status_code == 200
     assert r.json()["display_name"] == "y" * 100
+
+
+@pytest.mark.parametrize(
+    "payload", [{"display_name": None}, {"email": None}, {"password": None}, {"email": None, "password": None}]
+)
+async def test_null_fields_are_left_as_they_are(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI, payload: dict[str, object]
+) -> None:
+    before = (await client.get("/api/v1/me", headers=alice.headers)).json()
+    # No current_password: a null email or password is no change, so none is needed.
+    r = await client.patch("/api/v1/me", json=payload, headers=alice.headers)
+    assert r.status_code == 200
+    assert r.json() == before
+    async with app.state.resources.db.session() as s:
+        updates = await s.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.event == "account.updated")
+        )
+    assert updates == 0
+    r = await client.post("/api/v1/auth/tokens", json={"email": alice.email, "password": alice.password})
+    assert r.status_code == 201
 
 
 async def test_email_change_needs_current_password(client: httpx.AsyncClient, alice: Account) -> None:

@@ -146,6 +146,32 @@ async def test_concurrent_tag_patches_one_wins_the_others_get_409(
     assert list(tag_rows) == winner["tags"]
 
 
+@pytest.mark.parametrize(
+    "payload", [{}, {"title": None}, {"body": None}, {"tags": None}, {"title": None, "body": None, "tags": None}]
+)
+async def test_patch_with_only_nulls_changes_nothing(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI, payload: dict[str, object]
+) -> None:
+    note = await _create(client, alice, title="same", body="same", tags=["a"])
+    etag = (await client.get(f"/api/v1/notes/{note['id']}", headers=alice.headers)).headers["etag"]
+    r = await client.patch(f"/api/v1/notes/{note['id']}", json=payload, headers=alice.headers)
+    assert r.status_code == 200
+    assert r.json() == note
+    assert r.headers["etag"] == etag
+    async with app.state.resources.db.session() as s:
+        stored = await s.scalar(select(Note).where(Note.id == note["id"]))
+        tag_rows = (await s.scalars(select(NoteTag.tag).where(NoteTag.note_id == note["id"]))).all()
+    assert stored is not None
+    assert (stored.title, stored.body, stored.tags, stored.version) == ("same", "same", ["a"], 1)
+    assert list(tag_rows) == ["a"]
+    # What the OpenAPI document promises: each field may be null, and null leaves it as it is.
+    spec = (await client.get("/openapi.json")).json()
+    for field in ("title", "body", "tags"):
+        schema = spec["components"]["schemas"]["NoteUpdate"]["properties"][field]
+        assert {"type": "null"} in schema["anyOf"]
+        assert schema["description"].startswith("Absent or null: left as it is.")
+
+
 async def test_owner_fields_cannot_be_mass_assigned(client: httpx.AsyncClient, alice: Account, bob: Account) -> None:
     r = await client.post(
         "/api/v1/notes", json={"title": "x", "account_id": bob.id}, headers=alice.headers

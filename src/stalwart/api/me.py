@@ -43,7 +43,8 @@ async def update_me(
     body: MeUpdate, request: Request, caller: Caller, session: Session, resources: Res
 ) -> Account:
     account = await _load(session, caller)
-    changes = body.model_dump(exclude_unset=True)
+    # Null is "leave as it is" (schemas.MeUpdate): `{"email": null}` needs no password.
+    changes = body.model_dump(exclude_none=True)
     changed: list[str] = []
     if ("email" in changes or "password" in changes) and (
         body.current_password is None

@@ -157,14 +157,16 @@ async def update_note(
 ) -> NoteOut:
     note = await _owned(session, caller, note_id)
     check_if_match(request, version_etag(note.version))
-    changes = body.model_dump(exclude_unset=True)
+    # A null field is left as it is, like an absent one (schemas.NoteUpdate): only the
+    # others count as changes, so `{"title": null}` makes no new version.
+    changes = body.model_dump(exclude_none=True)
     # All column changes first: the tag statements below autoflush, and each flush of the
     # note is one version.
-    if changes.get("title") is not None:
+    if "title" in changes:
         note.title = changes["title"]
-    if changes.get("body") is not None:
+    if "body" in changes:
         note.body = sanitize_html(changes["body"])
-    tags = _dedupe(changes["tags"]) if changes.get("tags") is not None else None
+    tags = _dedupe(changes["tags"]) if "tags" in changes else None
     if tags is not None:
         note.tags = tags
     if changes:

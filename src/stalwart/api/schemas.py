@@ -100,10 +100,15 @@ class AdminAccountOut(AccountOut):
     last_login_at: datetime | None
 
 
+# PATCH bodies: a field that is absent or null is left as it is (the OpenAPI schema lets each
+# of them be null), so `{"title": null}` changes nothing, exactly like `{}`.
+_UNCHANGED = "Absent or null: left as it is."
+
+
 class MeUpdate(_Strict):
-    email: Email | None = None
-    display_name: DisplayName | None = None
-    password: Password | None = None
+    email: Email | None = Field(default=None, description=_UNCHANGED)
+    display_name: DisplayName | None = Field(default=None, description=_UNCHANGED)
+    password: Password | None = Field(default=None, description=_UNCHANGED)
     current_password: Annotated[str, StringConstraints(max_length=128)] | None = Field(
         default=None, description="Required to change email or password."
     )
@@ -127,9 +132,11 @@ class NoteCreate(_Strict):
 
 
 class NoteUpdate(_Strict):
-    title: Title | None = None
-    body: Body | None = None
-    tags: Annotated[list[Tag], Field(max_length=20)] | None = None
+    title: Title | None = Field(default=None, description=_UNCHANGED)
+    body: Body | None = Field(default=None, description=_UNCHANGED)
+    tags: Annotated[list[Tag], Field(max_length=20)] | None = Field(
+        default=None, description=f"{_UNCHANGED} An empty list removes every tag."
+    )
 
 
 class NoteOut(BaseModel):
