@@ -7,7 +7,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from stalwart.data.models import AuditEvent
+from stalwart.data.models import AuditEvent, Token
 from tests.conftest import Account
 
 pytestmark = pytest.mark.anyio
@@ -93,6 +93,58 @@ async def test_password_change_then_login_with_new(client: httpx.AsyncClient, al
         "/api/v1/auth/tokens", json={"email": alice.email, "password": "a brand new password"}
     )
     assert r.status_code == 201
+
+
+async def _login(client: httpx.AsyncClient, who: Account) -> dict[str, str]:
+    r = await client.post("/api/v1/auth/tokens", json={"email": who.email, "password": who.password})
+    assert r.status_code == 201
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+async def _updates(app: FastAPI) -> list[dict[str, object]]:
+    async with app.state.resources.db.session() as s:
+        events = await s.scalars(
+            select(AuditEvent).where(AuditEvent.event == "account.updated").order_by(AuditEvent.at)
+        )
+        return [e.details for e in events]
+
+
+async def test_password_change_revokes_every_other_token(
+    client: httpx.AsyncClient, alice: Account, bob: Account, app: FastAPI
+) -> None:
+    others = [await _login(client, alice), await _login(client, alice)]
+    # Other changes, and a refused password change, revoke nothing.
+    r = await client.patch(
+        "/api/v1/me",
+        json={"email": "renamed@example.com", "display_name": "A", "current_password": alice.password},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200
+    r = await client.patch(
+        "/api/v1/me", json={"password": "a brand new password", "current_password": "wrong password"},
+        headers=alice.headers,
+    )
+    assert r.status_code == 403
+    assert [(await client.get("/api/v1/me", headers=h)).status_code for h in others] == [200, 200]
+
+    r = await client.patch(
+        "/api/v1/me", json={"password": "a brand new password", "current_password": alice.password},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200
+    assert (await client.get("/api/v1/me", headers=alice.headers)).status_code == 200  # the caller's own
+    for headers in others:
+        r = await client.get("/api/v1/me", headers=headers)
+        assert r.status_code == 401
+        assert r.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/api/v1/me", headers=bob.headers)).status_code == 200
+    async with app.state.resources.db.session() as s:
+        tokens = (await s.scalars(select(Token).where(Token.account_id == alice.id))).all()
+    assert sorted(t.revoked_at is None for t in tokens) == [False, False, True]
+    assert await _updates(app) == [
+        {"fields": ["email", "display_name"]},
+        {"fields": ["password"], "tokens_revoked": 2},
+    ]
 
 
 async def test_email_taken_is_409(client: httpx.AsyncClient, alice: Account, bob: Account) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from fastapi import APIRouter, Request, Response, status
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
@@ -11,7 +13,7 @@ from stalwart.api.deps import Caller, Res, Session, client_ip
 from stalwart.api.lifecycle_schemas import AccountErase
 from stalwart.api.responses import errors
 from stalwart.api.schemas import AccountOut, MeUpdate
-from stalwart.data.models import Account
+from stalwart.data.models import Account, Token
 from stalwart.data.types import utcnow
 from stalwart.ops.audit import record
 from stalwart.ops.gdpr import AccountExport, erase_account, export_account
@@ -65,16 +67,40 @@ async def update_me(
         changed.append("password")
     if changed:
         account.updated_at = utcnow()
-        record(
-            session, "account.updated", subject=account.id, actor=account.id,
-            ip=client_ip(request), details={"fields": changed},
-        )
+        details: dict[str, object] = {"fields": changed}
         try:
+            # Inside the try: this statement autoflushes the account, where a concurrent
+            # change to the same email fails.
+            if "password" in changed:
+                details["tokens_revoked"] = await _revoke_other_tokens(session, caller)
+            record(
+                session, "account.updated", subject=account.id, actor=account.id,
+                ip=client_ip(request), details=details,
+            )
             await session.commit()
         except IntegrityError:
             await session.rollback()
             raise HTTPException(409, "An account with this email already exists.") from None
     return account
+
+
+async def _revoke_other_tokens(session: Session, caller: Caller) -> int:
+    """A password is changed because someone else may know it, and may hold a token made with
+    it: every other live token of the account goes. The caller's own stays, so the change
+    does not log out the person who made it."""
+    now = utcnow()
+    revoked = cast(
+        "CursorResult[Any]",
+        await session.execute(
+            update(Token)
+            .where(
+                Token.account_id == caller.account_id, Token.id != caller.token_id,
+                Token.revoked_at.is_(None), Token.expires_at > now,
+            )
+            .values(revoked_at=now)
+        ),
+    )
+    return int(revoked.rowcount or 0)
 
 
 # --- GDPR: access and portability, erasure (stalwart.ops.gdpr) -------------------------------
