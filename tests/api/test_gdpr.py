@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from stalwart.api import me as me_api
 from stalwart.data.models import AuditEvent
 from stalwart.ops import erasure_ledger
-from stalwart.ops.gdpr import pseudonym
+from stalwart.ops.gdpr import ErasureReport, pseudonym
+from stalwart.settings import Settings
 from tests.conftest import Account
 from tests.ops.helpers import remains_of
 
@@ -150,6 +154,45 @@ async def test_erasure_leaves_nothing_of_the_account_in_any_table(
     )
     assert r.status_code == 201
     assert r.json()["id"] != alice.id
+
+
+async def test_concurrent_erasures_erase_once_and_the_others_get_401(
+    client: httpx.AsyncClient, alice: Account, bob: Account, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _activity(client, alice)
+    erase = me_api.erase_account
+    together = asyncio.Barrier(3)
+
+    async def wait_then_erase(
+        session: AsyncSession, settings: Settings, account_id: str, *, actor: str | None, reason: str
+    ) -> ErasureReport | None:
+        # Every request has loaded the account and checked the password before any erases.
+        await together.wait()
+        return await erase(session, settings, account_id, actor=actor, reason=reason)
+
+    monkeypatch.setattr(me_api, "erase_account", wait_then_erase)
+    responses = await asyncio.gather(
+        *(
+            client.request("DELETE", "/api/v1/me", json={"current_password": alice.password}, headers=alice.headers)
+            for _ in range(3)
+        )
+    )
+
+    assert sorted(r.status_code for r in responses) == [204, 401, 401]
+    for r in responses:
+        if r.status_code == 401:
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.headers["www-authenticate"] == 'Bearer realm="stalwart"'
+            assert r.json()["detail"] == "The bearer token is invalid, expired or revoked."
+    settings = app.state.settings
+    assert await remains_of(settings, alice.id, alice.email) == {}
+    alias = pseudonym(settings, alice.id)
+    erased = [e for e in await _events(app) if e.event == "account.erased"]
+    assert [(e.subject, e.details) for e in erased] == [
+        (alias, {"reason": "self-service", "notes": 3, "tokens": 2})
+    ]
+    assert [entry.account_id for entry in erasure_ledger.read(settings)] == [alice.id]
+    assert (await client.get("/api/v1/me", headers=bob.headers)).status_code == 200
 
 
 async def test_export_after_erasure_is_impossible(client: httpx.AsyncClient, alice: Account) -> None:

@@ -14,10 +14,15 @@ from stalwart.credentials import hash_token
 from stalwart.data.reads import Principal
 from stalwart.resources import Resources
 
-__all__ = ["Admin", "Caller", "Session", "client_ip", "get_resources"]
+__all__ = ["Admin", "Caller", "Session", "client_ip", "get_resources", "invalid_token"]
 
 _bearer = HTTPBearer(auto_error=False, description="Opaque token from POST /api/v1/auth/tokens")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="stalwart"'}
+
+
+def invalid_token() -> HTTPException:
+    """The 401 for a token that is not, or no longer, valid."""
+    return HTTPException(401, "The bearer token is invalid, expired or revoked.", headers=_CHALLENGE)
 
 
 async def get_resources(request: Request) -> Resources:
@@ -43,10 +48,10 @@ async def get_principal(
         raise HTTPException(401, "A bearer token is required.", headers=_CHALLENGE)
     token = credentials.credentials
     if len(token) > 200:
-        raise HTTPException(401, "The bearer token is invalid, expired or revoked.", headers=_CHALLENGE)
+        raise invalid_token()
     principal = await resources.db.reads.principal(hash_token(token))
     if principal is None:
-        raise HTTPException(401, "The bearer token is invalid, expired or revoked.", headers=_CHALLENGE)
+        raise invalid_token()
     request.state.account_id = principal.account_id
     request.state.authenticated = True
     return principal

@@ -9,7 +9,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
-from stalwart.api.deps import Caller, Res, Session, client_ip
+from stalwart.api.deps import Caller, Res, Session, client_ip, invalid_token
 from stalwart.api.lifecycle_schemas import AccountErase
 from stalwart.api.responses import errors
 from stalwart.api.schemas import AccountOut, MeUpdate
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/api/v1/me", tags=["me"])
 async def _load(session: Session, caller: Caller) -> Account:
     account = await session.get(Account, caller.account_id)
     if account is None:  # erased between token lookup and now
-        raise HTTPException(401, "The bearer token is invalid, expired or revoked.")
+        raise invalid_token()
     return account
 
 
@@ -119,7 +119,7 @@ async def export_me(
         session, caller.account_id, actor=caller.account_id, ip=client_ip(request)
     )
     if document is None:  # erased between token lookup and now
-        raise HTTPException(401, "The bearer token is invalid, expired or revoked.")
+        raise invalid_token()
     response.headers["Content-Disposition"] = (
         f'attachment; filename="stalwart-export-{caller.account_id}.json"'
     )
@@ -146,6 +146,7 @@ async def erase_me(
         )
         await session.commit()
         raise HTTPException(403, "current_password is required and must be right.")
-    await erase_account(session, resources.settings, account.id, actor=None, reason="self-service")
+    if await erase_account(session, resources.settings, account.id, actor=None, reason="self-service") is None:
+        raise invalid_token()  # a concurrent request erased it: this token died with it
     await resources.invalidate_notes(account.id)  # no cached copy of their notes outlives them
     return Response(status_code=204)

@@ -157,7 +157,15 @@ async def erase_account(
     the other order could bring back a person who was erased.
     `actor` None means the person erased themselves (the event names their pseudonym).
     """
-    account = await session.get(Account, account_id)
+    # Locked (PostgreSQL): a concurrent erasure of the same account waits here, then finds it
+    # gone. Re-read even if the session holds it already: the caller's copy may predate that
+    # erasure's commit.
+    account = await session.scalar(
+        select(Account)
+        .where(Account.id == account_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     if account is None:
         return None
     email = account.email
@@ -170,7 +178,11 @@ async def erase_account(
     audited = int(await session.scalar(select(func.count()).select_from(AuditEvent).where(theirs)) or 0)
     for column in (AuditEvent.subject, AuditEvent.actor):
         await session.execute(update(AuditEvent).where(column == account_id).values({column: alias, "ip": None}))
-    await session.execute(delete(Account).where(Account.id == account_id))
+    if not _count(await session.execute(delete(Account).where(Account.id == account_id))):
+        # SQLite locks no row on read: a concurrent erasure committed after our read above, and
+        # it has written the event and the ledger line. This one must write neither.
+        await session.rollback()
+        return None
     record(
         session,
         "account.erased",
