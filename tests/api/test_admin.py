@@ -25,8 +25,12 @@ async def test_admin_accounts_requires_admin(
     page = r.json()
     assert len(page["data"]) == 1
     assert page["next"] is not None
+    assert "@" not in page["next"]  # an opaque cursor, not the last email seen
     r = await client.get(page["next"], headers=alice.headers)
     assert len(r.json()["data"]) == 1
+    assert r.json()["data"][0]["id"] != page["data"][0]["id"]
+    bad = await client.get("/api/v1/admin/accounts?cursor=not-a-cursor", headers=alice.headers)
+    assert (bad.status_code, bad.headers["content-type"]) == (400, "application/problem+json")
     emails = {alice.email, bob.email}
     assert "password_hash" not in r.text
     assert r.json()["data"][0]["email"] in emails

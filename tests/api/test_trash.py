@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,11 +14,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stalwart.api import trash as trash_api
+from stalwart.app import create_app
 from stalwart.data.models import Note, NoteTag
 from stalwart.data.reads import Principal
 from stalwart.data.types import utcnow
 from stalwart.ops.retention import purge
-from tests.conftest import Account
+from tests.conftest import Account, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -64,6 +66,7 @@ async def test_restore_brings_the_note_back_as_a_new_version(client: httpx.Async
     r = await client.post(f"/api/v1/trash/{note_id}/restore", headers=alice.headers)
     assert r.status_code == 200
     assert r.json()["version"] == 3  # 1 created, 2 moved to the trash, 3 restored
+    assert r.headers["etag"] == '"v3"'  # as every other write of one note
     assert r.json()["title"] == "draft"
     assert set(r.json()) == {"id", "title", "body", "tags", "created_at", "updated_at", "version"}
     r = await client.get(f"/api/v1/notes/{note_id}", headers=alice.headers)
@@ -169,3 +172,23 @@ async def test_trash_needs_a_token(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/trash")).status_code == 401
     r = await client.post(f"/api/v1/trash/{uuid.uuid4()}/restore")
     assert r.status_code == 401
+
+
+async def test_a_trash_kept_forever_has_no_purge_date(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(tmp_path, database_url=database_url, retention_trash_days=0)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, client=("203.0.113.7", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            r = await client.post("/api/v1/accounts", json={"email": "k@example.com", "password": "kept password 1",
+                                                             "display_name": "K"})
+            assert r.status_code == 201
+            token = (await client.post("/api/v1/auth/tokens", json={"email": "k@example.com",
+                                                                     "password": "kept password 1"})).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            note_id = (await client.post("/api/v1/notes", json={"title": "t"}, headers=headers)).json()["id"]
+            assert (await client.delete(f"/api/v1/notes/{note_id}", headers=headers)).status_code == 204
+            (item,) = (await client.get("/api/v1/trash", headers=headers)).json()["data"]
+    assert item["purge_after"] is None

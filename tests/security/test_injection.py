@@ -250,7 +250,7 @@ async def test_payloads_in_every_string_slot_of_every_operation(
         "POST /api/v1/notes body[]:tags", "PATCH /api/v1/notes/{note_id} body:body",
         "GET /api/v1/notes query:q", "GET /api/v1/notes query:tag",
         "GET /api/v1/notes query:cursor", "GET /api/v1/notes/{note_id} path:note_id",
-        "GET /api/v1/admin/audit query:subject", "GET /api/v1/admin/accounts query:after",
+        "GET /api/v1/admin/audit query:subject", "GET /api/v1/admin/accounts query:cursor",
         "PATCH /api/v1/me body:password", "DELETE /api/v1/me body:current_password",
     ):
         assert expected in names, expected
@@ -430,7 +430,7 @@ async def test_nul_in_any_parameter_is_422(
         ("GET", "/api/v1/notes?q=%00"),
         ("GET", "/api/v1/notes?limit=5&q=a%00"),
         ("GET", "/api/v1/admin/audit?subject=%00"),
-        ("GET", "/api/v1/admin/accounts?after=%00"),
+        ("GET", "/api/v1/admin/accounts?cursor=%00"),
         ("GET", "/api/v1/me?unknown=%00"),
     ):
         r = await client.request(method, url, json={} if method == "PATCH" else None,

@@ -14,7 +14,9 @@ __all__ = ["AccountErase", "AuditEventOut", "BackupJobOut", "BackupOut", "Trashe
 
 class TrashedNoteOut(NoteOut):
     deleted_at: datetime
-    purge_after: datetime = Field(description="When the retention purge removes it for good.")
+    purge_after: datetime | None = Field(
+        description="When the retention purge removes it for good; null when the trash is kept (retention 0)."
+    )
 
 
 class AccountErase(_Strict):

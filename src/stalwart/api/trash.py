@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from stalwart.api.cursors import decode_cursor, encode_cursor
 from stalwart.api.deps import Caller, Res, Session
+from stalwart.api.etags import version_etag
 from stalwart.api.lifecycle_schemas import TrashedNoteOut
 from stalwart.api.notes import note_out
 from stalwart.api.responses import errors
@@ -37,7 +38,8 @@ def _out(note: Note, keep_days: int) -> TrashedNoteOut:
     return TrashedNoteOut(
         **note_out(note).model_dump(),
         deleted_at=note.deleted_at,
-        purge_after=note.deleted_at + timedelta(days=keep_days),
+        # A period of 0 keeps the trash (ops/retention.py): no purge is due.
+        purge_after=note.deleted_at + timedelta(days=keep_days) if keep_days > 0 else None,
     )
 
 
@@ -89,7 +91,9 @@ async def list_trash(
     responses=errors(401, 404, 409),
     summary="Restore a note from your trash",
 )
-async def restore_note(note_id: str, caller: Caller, session: Session, resources: Res) -> NoteOut:
+async def restore_note(
+    note_id: str, caller: Caller, session: Session, resources: Res, response: Response
+) -> NoteOut:
     note = await _trashed(session, caller, note_id)
     note.deleted_at = None
     note.updated_at = utcnow()  # the mapper bumps the version: cached copies and ETags change
@@ -99,6 +103,7 @@ async def restore_note(note_id: str, caller: Caller, session: Session, resources
         await session.rollback()
         raise HTTPException(409, "The note was changed by another request; try again.") from None
     await resources.invalidate_notes(caller.account_id)
+    response.headers["ETag"] = version_etag(note.version)  # as every write of one note answers
     return note_out(note)
 
 
