@@ -263,6 +263,26 @@ async def test_unpaired_surrogate_in_a_body_is_422_and_changes_nothing(
     assert (stored.body, stored.version) == ("kept", 1)
 
 
+async def test_a_body_that_escaping_makes_too_long_is_422_and_what_is_stored_can_be_sent_back(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI
+) -> None:
+    # 30,000 "<" become 120,000 characters of "&lt;": past the limit once stored.
+    r = await client.post("/api/v1/notes", json={"title": "t", "body": "<" * 30_000}, headers=alice.headers)
+    assert r.status_code == 422
+    assert r.json()["errors"] == [
+        {"pointer": "/body", "detail": "The body is longer than 100000 characters once its HTML is escaped"}
+    ]
+    assert await _count_notes(app, alice.id) == 0
+    note = await _create(client, alice, title="t", body="if a < b && c > d " * 2_000)
+    r = await client.patch(f"/api/v1/notes/{note['id']}", json={"body": "<" * 30_000}, headers=alice.headers)
+    assert r.status_code == 422
+    # What was stored (escaped) is valid input as it is: a client can send back what it read.
+    stored = (await client.get(f"/api/v1/notes/{note['id']}", headers=alice.headers)).json()["body"]
+    assert stored.startswith("if a &lt; b &amp;&amp; c &gt; d")
+    r = await client.patch(f"/api/v1/notes/{note['id']}", json={"body": stored}, headers=alice.headers)
+    assert (r.status_code, r.json()["body"]) == (200, stored)
+
+
 @pytest.mark.parametrize(
     ("title", "message"),
     [

@@ -9,6 +9,7 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
@@ -19,7 +20,7 @@ from stalwart.api.deps import Caller, Res, Session
 from stalwart.api.etags import check_if_match, list_etag, not_modified, version_etag
 from stalwart.api.responses import errors
 from stalwart.api.sanitize import sanitize_html
-from stalwart.api.schemas import ListPage, NoteCreate, NoteOut, NoteUpdate, Tag
+from stalwart.api.schemas import BODY_MAX_LENGTH, ListPage, NoteCreate, NoteOut, NoteUpdate, Tag
 from stalwart.data.models import Note, NoteTag
 from stalwart.data.reads import NoteQuery, NoteRow
 from stalwart.data.types import utcnow
@@ -75,7 +76,7 @@ async def create_note(
     now = utcnow()
     tags = _dedupe(body.tags)
     note = Note(
-        account_id=caller.account_id, title=body.title, body=sanitize_html(body.body), tags=tags,
+        account_id=caller.account_id, title=body.title, body=_sanitized(body.body), tags=tags,
         created_at=now, updated_at=now, version=1,
     )
     session.add(note)
@@ -165,7 +166,7 @@ async def update_note(
     if "title" in changes:
         note.title = changes["title"]
     if "body" in changes:
-        note.body = sanitize_html(changes["body"])
+        note.body = _sanitized(changes["body"])
     tags = _dedupe(changes["tags"]) if "tags" in changes else None
     if tags is not None:
         note.tags = tags
@@ -200,6 +201,21 @@ async def delete_note(
         await session.commit()
     await resources.invalidate_notes(caller.account_id)
     return Response(status_code=204)
+
+
+def _sanitized(text: str) -> str:
+    """The body as stored, at most BODY_MAX_LENGTH characters like the input.
+
+    Sanitizing escapes text ("<" becomes "&lt;"), so a body within the limit can come out past
+    it; stored so, a client sending back what it read would be refused. Refused here instead.
+    """
+    clean = sanitize_html(text)
+    if len(clean) > BODY_MAX_LENGTH:
+        raise RequestValidationError([{
+            "loc": ("body", "body"),
+            "msg": f"The body is longer than {BODY_MAX_LENGTH} characters once its HTML is escaped",
+        }])
+    return clean
 
 
 @asynccontextmanager

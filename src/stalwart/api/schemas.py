@@ -55,7 +55,8 @@ Tag = Annotated[
         pattern=r"^[\w][\w .:+#-]*$",
     ),
 ]
-Body = Annotated[str, StringConstraints(max_length=100_000), BeforeValidator(_no_control_multiline)]
+BODY_MAX_LENGTH = 100_000
+Body = Annotated[str, StringConstraints(max_length=BODY_MAX_LENGTH), BeforeValidator(_no_control_multiline)]
 Password = Annotated[str, StringConstraints(min_length=12, max_length=128)]
 Email = Annotated[EmailStr, StringConstraints(max_length=254)]
 
