@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -12,6 +11,7 @@ from sqlalchemy import func, select
 
 from stalwart.data.models import Account as AccountRow
 from stalwart.data.models import AuditEvent
+from tests.api.races import hold_together
 from tests.conftest import Account, signup
 
 pytestmark = pytest.mark.anyio
@@ -48,17 +48,8 @@ async def test_duplicate_email_is_409(client: httpx.AsyncClient, alice: Account)
 async def test_concurrent_registrations_of_one_email_make_one_account_and_409s(
     client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    passwords = app.state.resources.passwords
-    hash_password: Callable[[str], Awaitable[str]] = passwords.hash
-    together = asyncio.Barrier(3)
-
-    async def hash_then_wait(password: str) -> str:
-        # Every request is past the "email taken?" check before any of them inserts.
-        hashed = await hash_password(password)
-        await together.wait()
-        return hashed
-
-    monkeypatch.setattr(passwords, "hash", hash_then_wait)
+    # Every request is past the "email taken?" check before any of them inserts.
+    hold_together(monkeypatch, app.state.resources.passwords, "hash")
     payload = {"email": "race@example.com", "password": "race password 12", "display_name": "R"}
     responses = await asyncio.gather(*(client.post("/api/v1/accounts", json=payload) for _ in range(3)))
 

@@ -9,13 +9,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from stalwart.api import me as me_api
 from stalwart.data.models import AuditEvent
 from stalwart.ops import erasure_ledger
-from stalwart.ops.gdpr import ErasureReport, pseudonym
-from stalwart.settings import Settings
+from stalwart.ops.gdpr import pseudonym
+from tests.api.races import hold_together
 from tests.conftest import Account
 from tests.ops.helpers import remains_of
 
@@ -160,17 +159,8 @@ async def test_concurrent_erasures_erase_once_and_the_others_get_401(
     client: httpx.AsyncClient, alice: Account, bob: Account, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await _activity(client, alice)
-    erase = me_api.erase_account
-    together = asyncio.Barrier(3)
-
-    async def wait_then_erase(
-        session: AsyncSession, settings: Settings, account_id: str, *, actor: str | None, reason: str
-    ) -> ErasureReport | None:
-        # Every request has loaded the account and checked the password before any erases.
-        await together.wait()
-        return await erase(session, settings, account_id, actor=actor, reason=reason)
-
-    monkeypatch.setattr(me_api, "erase_account", wait_then_erase)
+    # Every request has loaded the account and checked the password before any erases.
+    hold_together(monkeypatch, me_api, "erase_account", before=True)
     responses = await asyncio.gather(
         *(
             client.request("DELETE", "/api/v1/me", json={"current_password": alice.password}, headers=alice.headers)

@@ -9,11 +9,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from stalwart.api import notes as notes_api
 from stalwart.data.models import Note, NoteTag
-from stalwart.data.reads import Principal
+from tests.api.races import hold_together
 from tests.conftest import Account
 
 pytestmark = pytest.mark.anyio
@@ -115,16 +114,8 @@ async def test_concurrent_tag_patches_one_wins_the_others_get_409(
     client: httpx.AsyncClient, alice: Account, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     note = await _create(client, alice, title="shared", tags=["start"])
-    load = notes_api._owned
-    together = asyncio.Barrier(3)
-
-    async def load_then_wait(session: AsyncSession, caller: Principal, note_id: str) -> Note:
-        # Every request holds version 1 before any of them writes.
-        loaded = await load(session, caller, note_id)
-        await together.wait()
-        return loaded
-
-    monkeypatch.setattr(notes_api, "_owned", load_then_wait)
+    # Every request holds version 1 before any of them writes.
+    hold_together(monkeypatch, notes_api, "_owned")
     responses = await asyncio.gather(
         *(
             client.patch(f"/api/v1/notes/{note['id']}", json={"tags": [f"u{i}"]}, headers=alice.headers)

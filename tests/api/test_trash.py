@@ -11,14 +11,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from stalwart.api import trash as trash_api
 from stalwart.app import create_app
 from stalwart.data.models import Note, NoteTag
-from stalwart.data.reads import Principal
 from stalwart.data.types import utcnow
 from stalwart.ops.retention import purge
+from tests.api.races import hold_together
 from tests.conftest import Account, make_settings
 
 pytestmark = pytest.mark.anyio
@@ -105,16 +104,8 @@ async def test_concurrent_deletes_from_trash_one_204_then_404s(
 ) -> None:
     note_id = await _note(client, alice, tags=["x", "y"])
     await client.delete(f"/api/v1/notes/{note_id}", headers=alice.headers)
-    load = trash_api._trashed
-    together = asyncio.Barrier(3)
-
-    async def load_then_wait(session: AsyncSession, caller: Principal, note_id: str) -> Note:
-        # Every request has found the note in the trash before any of them deletes it.
-        loaded = await load(session, caller, note_id)
-        await together.wait()
-        return loaded
-
-    monkeypatch.setattr(trash_api, "_trashed", load_then_wait)
+    # Every request has found the note in the trash before any of them deletes it.
+    hold_together(monkeypatch, trash_api, "_trashed")
     responses = await asyncio.gather(
         *(client.delete(f"/api/v1/trash/{note_id}", headers=alice.headers) for _ in range(3))
     )
