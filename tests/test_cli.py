@@ -155,3 +155,35 @@ def test_migrate_to_an_unknown_revision_and_build_static_of_no_folder_are_one_li
     )
     result = runner.invoke(app, ["build-static", str(tmp_path / "none")], env=env)
     assert (result.exit_code, result.stderr) == (1, f"error: {tmp_path / 'none'} is not a folder\n")
+
+
+def test_serve_refuses_more_workers_than_a_budget_without_shared_counters(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "STALWART_RATE_LIMIT_LOGIN_ACCOUNT": "5/15minutes", "STALWART_RATE_LIMIT_BACKEND": "auto"}
+    result = runner.invoke(app, ["serve", "--workers", "6"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "unsafe: STALWART_RATE_LIMIT_LOGIN_ACCOUNT (5/15minutes) cannot be split between 6 workers that share"
+        " no counters: set STALWART_REDIS_URL, or run fewer workers\n"
+    )
+
+
+def test_only_connection_failures_are_cut_to_one_line() -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from stalwart.cli import _connection_failure
+
+    def wrapped(cause: BaseException) -> OperationalError:
+        try:
+            raise OperationalError("statement", {}, cause) from cause
+        except OperationalError as exc:
+            return exc
+
+    refused = ConnectionRefusedError(111, "Connect call failed")
+    assert _connection_failure(wrapped(refused)) is refused
+    missing = sqlite3.OperationalError("unable to open database file")
+    assert _connection_failure(wrapped(missing)) is missing
+    # A statement the database refused keeps its message and trace.
+    assert _connection_failure(wrapped(sqlite3.OperationalError("table accounts already exists"))) is None
+    assert _connection_failure(BrokenPipeError()) is None

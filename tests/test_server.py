@@ -35,6 +35,7 @@ from stalwart.protocol import StalwartConfig, StalwartProtocol
 from stalwart.server import (
     APP_FACTORY,
     FORCED_EXIT_CODE,
+    GracefulMultiprocess,
     GracefulServer,
     _mark_resources,
     build_config,
@@ -264,3 +265,25 @@ async def test_startup_freezes_the_heap_it_built(tmp_path: Path) -> None:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=10)
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(("fixed", "added"), [(True, 0), (False, 1)])
+def test_sigttin_adds_no_worker_when_workers_share_no_counters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixed: bool, added: int
+) -> None:
+    import stalwart.server as server_module
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        config = build_config(make_settings(tmp_path), app="tests.test_server:tiny_app", workers=2)
+        supervisor = GracefulMultiprocess(config, [], drain_seconds=0, timeout_seconds=1, fixed_count=fixed)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn_multiprocess, "Process", lambda *a: SimpleNamespace(start=lambda: started.append(a)))
+    warned: list[str] = []
+    monkeypatch.setattr(server_module.logger, "warning", lambda message, *args: warned.append(message % args))
+    supervisor.handle_ttin()
+    assert (supervisor.processes_num, len(started)) == (2 + added, added)
+    assert [w.startswith("SIGTTIN ignored: 2 workers share no counters") for w in warned] == ([True] if fixed else [])

@@ -112,6 +112,7 @@ def serve(
 ) -> None:
     """Serve the API (uvicorn with uvloop and httptools, graceful shutdown)."""
     from stalwart.app import UnsafeConfiguration, create_app
+    from stalwart.policies.rate_limit.factory import unsplittable_budgets
     from stalwart.server import run_server
 
     settings = _settings()
@@ -121,6 +122,10 @@ def serve(
         for problem in exc.problems:
             err.print(f"[red]unsafe:[/red] {problem}")
         raise typer.Exit(1) from None
+    for problem in (refused := unsplittable_budgets(settings, workers or settings.workers)):
+        err.print(Text(f"unsafe: {problem}"), soft_wrap=True)
+    if refused:
+        raise typer.Exit(1)
     code = run_server(
         settings, host=host, port=port, workers=workers or settings.workers,
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
@@ -202,34 +207,47 @@ def build_static_command(
     out.print(f"{len(written)} compressed variants written under {target}")
 
 
-def _unreachable() -> tuple[type[BaseException], ...]:
-    """Errors meaning the database (or Redis) cannot be used at all: one line, no trace."""
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """The error in `exc`'s chain saying the database or Redis cannot be reached, if any.
+
+    Only connection-level failures: any other database error (a failed statement, a schema
+    conflict) keeps its own message and trace.
+    """
+    import sqlite3
+
     import asyncpg
     import redis.exceptions
-    import sqlalchemy.exc
 
-    return (
-        ConnectionError,
+    reached: tuple[type[BaseException], ...] = (
+        ConnectionRefusedError,
+        ConnectionResetError,
+        ConnectionAbortedError,
         TimeoutError,
         socket.gaierror,
         asyncpg.PostgresConnectionError,
         asyncpg.InvalidCatalogNameError,
         asyncpg.InvalidPasswordError,
         asyncpg.InvalidAuthorizationSpecificationError,
-        sqlalchemy.exc.DBAPIError,  # the driver's error, wrapped: unreachable, no such database
         redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
     )
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, reached):
+            return current
+        if isinstance(current, sqlite3.OperationalError) and "unable to open database file" in str(current):
+            return current
+        current = current.__cause__
+    return None
 
 
 def main() -> None:
     try:
         code = app()
     except Exception as exc:
-        if not isinstance(exc, _unreachable()):
+        cause = _connection_failure(exc)
+        if cause is None:
             raise
-        cause: BaseException = exc
-        while isinstance(cause.__cause__, Exception):  # the driver's own error names the problem
-            cause = cause.__cause__
         err.print(
             Text(
                 f"error: a service the command needs cannot be used ({type(cause).__name__});"

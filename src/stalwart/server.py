@@ -246,10 +246,14 @@ class GracefulMultiprocess(Multiprocess):
         *,
         drain_seconds: float,
         timeout_seconds: float,
+        fixed_count: bool = False,
     ) -> None:
         super().__init__(config, sockets)
         self.drain_seconds = drain_seconds
         self.timeout_seconds = timeout_seconds
+        # Workers that share no counters each admit 1/N of every budget: one more would
+        # admit more than the budget in total, so SIGTTIN is refused.
+        self.fixed_count = fixed_count
         self.stop_signals = 0
         self.forced = False
         self._signalled: set[int] = set()
@@ -271,6 +275,17 @@ class GracefulMultiprocess(Multiprocess):
             super().run()
         finally:
             uvicorn_multiprocess.Process = original  # type: ignore[misc]
+
+    def handle_ttin(self) -> None:
+        if self.fixed_count:
+            logger.warning(
+                "SIGTTIN ignored: %d workers share no counters without STALWART_REDIS_URL and each"
+                " admits 1/%d of every budget; restart with the number of workers wanted",
+                self.processes_num,
+                self.processes_num,
+            )
+            return
+        super().handle_ttin()
 
     def _forward(self, sig: int) -> None:
         for process in list(self.processes):
@@ -416,13 +431,14 @@ def run_server(
 
     export_workers(config.workers)  # what each worker's settings say (Settings.workers)
     if config.workers > 1:
-        if not (settings.redis_url and settings.rate_limits_shared):
+        shared = settings.rate_limits_shared
+        if not shared:
             logger.warning(
-                "%d workers without STALWART_REDIS_URL share no counters: each admits 1/%d of"
-                " every rate-limit budget and the note cache is off; set STALWART_REDIS_URL to"
-                " count each budget once for all of them",
+                "%d workers share no rate-limit counters: each admits 1/%d of every budget%s;"
+                " set STALWART_REDIS_URL (and the auto or redis backend) to count each budget once",
                 config.workers,
                 config.workers,
+                "" if settings.redis_url else ", and the note cache is off",
             )
         sock = config.bind_socket()
         supervisor = GracefulMultiprocess(
@@ -430,6 +446,7 @@ def run_server(
             sockets=[sock],
             drain_seconds=settings.shutdown_drain_seconds,
             timeout_seconds=settings.shutdown_timeout_seconds,
+            fixed_count=not shared,
         )
         supervisor.run()
         _before_exit()
@@ -463,9 +480,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ssl-certfile")
     parser.add_argument("--ssl-keyfile")
     args = parser.parse_args(argv)
+    from stalwart.policies.rate_limit.factory import unsplittable_budgets
     from stalwart.settings import Settings
 
     settings = Settings()
+    if problems := unsplittable_budgets(settings, args.workers or settings.workers):
+        print("\n".join(f"unsafe: {problem}" for problem in problems), file=sys.stderr)
+        return 1
     return run_server(
         settings,
         host=args.host,

@@ -274,6 +274,21 @@ async def test_a_body_that_escaping_makes_too_long_is_422_and_what_is_stored_can
     assert (r.status_code, r.json()["body"]) == (200, stored)
 
 
+@pytest.mark.parametrize("reference", ["&#x1b;[2J", "&#1;", "&#x7f;", "&#11;", "&#X1B;"])
+async def test_a_control_character_written_as_a_reference_is_422(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI, reference: str
+) -> None:
+    r = await client.post("/api/v1/notes", json={"title": "t", "body": f"x {reference} y"}, headers=alice.headers)
+    assert r.status_code == 422
+    assert [e["pointer"] for e in r.json()["errors"]] == ["/body"]
+    assert await _count_notes(app, alice.id) == 0
+
+
+async def test_tabs_and_line_breaks_written_as_references_are_kept(client: httpx.AsyncClient, alice: Account) -> None:
+    note = await _create(client, alice, title="t", body="a&#9;b&#10;c")
+    assert note["body"] == "a\tb\nc"
+
+
 @pytest.mark.parametrize(
     ("title", "message"),
     [

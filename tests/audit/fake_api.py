@@ -7,8 +7,8 @@ tests/e2e/test_audit.py.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -75,7 +75,7 @@ class FakeApi:
         return self.answer(status, body, "application/problem+json", headers)
 
     def answer(
-        self, status: int, body: bytes | httpx.SyncByteStream, media_type: str, headers: dict[str, str] | None = None
+        self, status: int, body: bytes | httpx.AsyncByteStream, media_type: str, headers: dict[str, str] | None = None
     ) -> httpx.Response:
         fields = dict(GOOD_HEADERS)
         if self.flaws.headers_on_errors_only and status < 400:
@@ -153,20 +153,20 @@ class FakeApi:
         return self.problem(404)
 
 
-class _Trickle(httpx.SyncByteStream):
-    def __iter__(self) -> Iterator[bytes]:
+class _Trickle(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         for _ in range(1000):
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
             yield b" "
 
 
-class _Huge(httpx.SyncByteStream):
+class _Huge(httpx.AsyncByteStream):
     """300 MiB, made as it is read: the audit must stop reading long before."""
 
     def __init__(self) -> None:
         self.sent = 0
 
-    def __iter__(self) -> Iterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         chunk = b"x" * 65536
         for _ in range(4800):
             self.sent += len(chunk)

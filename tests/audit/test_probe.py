@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -21,6 +24,41 @@ def test_a_trickled_answer_is_cut_at_the_request_limit() -> None:
     assert elapsed < 4
     assert report["error documents"].outcome is Outcome.FAIL
     assert report["error documents"].detail.startswith("no answer in time")
+
+
+@pytest.fixture
+def trickled_head() -> Iterator[int]:
+    """A server that sends its status line and fields one byte every 0.2 s, for minutes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\n" + b"x-slow: " + b"a" * 1000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    listener.close()
+    thread.join(timeout=5)
+
+
+def test_a_trickled_head_is_cut_at_the_request_limit(trickled_head: int) -> None:
+    # Each byte comes well within httpx's read timeout: only a limit on the whole request ends it.
+    prober = Prober(f"http://127.0.0.1:{trickled_head}", request_seconds=1.0)
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout, match="no whole answer within 1 s"):
+        prober.fetch("GET", "/")
+    assert time.monotonic() - started < 3
+    prober.close()
 
 
 def test_the_whole_audit_has_a_deadline() -> None:

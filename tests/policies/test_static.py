@@ -468,6 +468,9 @@ async def test_a_range_keeps_the_strong_etag_the_compression_layer_leaves_alone(
     part = await get(app, "/static/app.js", {"Accept-Encoding": "br", "Range": "bytes=0-9"})
     assert whole.headers["etag"] == "W/" + etag_of(JS)  # the layer outside will compress it
     assert (part.status_code, part.headers["etag"]) == (206, etag_of(JS))  # 206 is never compressed
+    revalidate = {"Accept-Encoding": "br", "Range": "bytes=0-9", "If-None-Match": part.headers["etag"]}
+    again = await get(app, "/static/app.js", revalidate)
+    assert (again.status_code, again.headers["etag"]) == (304, etag_of(JS))  # the 206's, not the 200's
 
 
 def test_build_static_command(site: Path) -> None:

@@ -20,7 +20,15 @@ from stalwart.api.deps import Caller, Res, Session
 from stalwart.api.etags import check_if_match, list_etag, not_modified, version_etag
 from stalwart.api.responses import errors
 from stalwart.api.sanitize import sanitize_html
-from stalwart.api.schemas import BODY_MAX_LENGTH, ListPage, NoteCreate, NoteOut, NoteUpdate, Tag
+from stalwart.api.schemas import (
+    BODY_MAX_LENGTH,
+    ListPage,
+    NoteCreate,
+    NoteOut,
+    NoteUpdate,
+    Tag,
+    has_body_control_characters,
+)
 from stalwart.data.models import Note, NoteTag
 from stalwart.data.reads import NoteQuery, NoteRow
 from stalwart.data.types import utcnow
@@ -204,7 +212,7 @@ async def delete_note(
 
 
 def _sanitized(text: str) -> str:
-    """The body as stored, at most BODY_MAX_LENGTH characters like the input.
+    """The body as stored: valid input itself (length, characters), so it can be sent back.
 
     Sanitizing escapes text ("<" becomes "&lt;"), so a body within the limit can come out past
     it; stored so, a client sending back what it read would be refused. Refused here instead.
@@ -214,6 +222,13 @@ def _sanitized(text: str) -> str:
         raise RequestValidationError([{
             "loc": ("body", "body"),
             "msg": f"The body is longer than {BODY_MAX_LENGTH} characters once its HTML is escaped",
+        }])
+    if has_body_control_characters(clean):
+        # A character reference ("&#x1b;") passes the input check and comes out of the
+        # sanitizer as the control character itself.
+        raise RequestValidationError([{
+            "loc": ("body", "body"),
+            "msg": "control characters are not allowed, written as character references either",
         }])
     return clean
 

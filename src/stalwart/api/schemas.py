@@ -20,6 +20,7 @@ __all__ = [
     "NoteUpdate",
     "TokenCreate",
     "TokenOut",
+    "has_body_control_characters",
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -33,8 +34,13 @@ def _no_control(value: object) -> object:
     return value
 
 
+def has_body_control_characters(value: str) -> bool:
+    """Control characters a note body may not hold (tab and line breaks are fine)."""
+    return _CONTROL_MULTILINE.search(value) is not None
+
+
 def _no_control_multiline(value: object) -> object:
-    if isinstance(value, str) and _CONTROL_MULTILINE.search(value):
+    if isinstance(value, str) and has_body_control_characters(value):
         raise ValueError("control characters are not allowed")
     return value
 

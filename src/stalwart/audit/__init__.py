@@ -38,7 +38,7 @@ def run_audit(
     audit_seconds: float = 120.0,
     http_port: int = 80,
     body_size: int = 2 << 20,
-    transport: httpx.BaseTransport | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[Finding]:
     """Run every check against `base_url`; raises AuditError if the API cannot be reached."""
     prober = Prober(
@@ -63,6 +63,7 @@ def _start(prober: Prober, http_port: int, body_size: int) -> Target:
     except (httpx.HTTPError, OutOfTime) as exc:
         raise AuditError(f"{prober.base_url}: no answer ({type(exc).__name__})") from exc
     redirect = None
+    not_served: list[str] = []
     location = root.headers.get("location", "")
     if prober.base_url.scheme == "http" and root.status in (301, 302, 307, 308):
         try:
@@ -70,16 +71,18 @@ def _start(prober: Prober, http_port: int, body_size: int) -> Target:
         except (httpx.InvalidURL, ValueError):
             to = httpx.URL("")
         if to.scheme == "https" and to.host == prober.base_url.host:
-            # The policy's answer to plain http: audit the API where it is served.
+            # The policy's answer to plain http: audit the API where it is served. The redirect
+            # itself (often a proxy's, with none of the API's headers) is not the API's answer.
             redirect = (root.status, location)
+            not_served = [root.url]
             prober.rebase(to.copy_with(path="/", query=None, fragment=None))
             try:
                 prober.get("/")
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, OutOfTime) as exc:
                 raise AuditError(f"{prober.base_url} (redirected to): no answer ({type(exc).__name__})") from exc
     try:
         document = prober.get("/openapi.json").json()
-    except httpx.HTTPError:
+    except (httpx.HTTPError, OutOfTime):
         document = None
     routes = discover(document)
     # The API's own routes, read once each: every check judging "every answer" sees them.
@@ -88,7 +91,11 @@ def _start(prober: Prober, http_port: int, body_size: int) -> Target:
             prober.get(path)
         except httpx.HTTPError:
             continue  # judged by the checks that read it again, if any
-    return Target(prober, routes, http_port=http_port, body_size=body_size, redirect=redirect)
+        except OutOfTime:
+            break  # the checks will each say so
+    return Target(
+        prober, routes, http_port=http_port, body_size=body_size, redirect=redirect, not_served=not_served
+    )
 
 
 def _run(check: Check, target: Target) -> Finding:
@@ -102,4 +109,6 @@ def _run(check: Check, target: Target) -> Finding:
         result = Result(Outcome.FAIL, f"no answer in time ({exc})")
     except httpx.HTTPError as exc:
         result = Result(Outcome.FAIL, f"request failed: {type(exc).__name__}")
+    except Exception as exc:  # an answer this check cannot read: the report goes on
+        result = Result(Outcome.NOT_CHECKED, f"could not judge the answer ({type(exc).__name__})")
     return Finding(check.name, check.policy, result.outcome, result.detail)

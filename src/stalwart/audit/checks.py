@@ -34,17 +34,20 @@ HELMET_EXPECTED: dict[str, str] = {
 }
 _FRAME_OPTIONS = {"DENY", "SAMEORIGIN"}
 _EVIL_ORIGIN = "https://audit-disallowed.invalid"
+_SCANNED = 64 * 1024
 _HSTS_MIN_AGE = 15_552_000  # 180 days, the floor HSTS preload lists and scanners use
-_POLICY_RATE = 100 / 900  # 100 requests per 15 minutes
+_POLICY_QUOTA, _POLICY_WINDOW = 100, 900  # 100 requests per 15 minutes
 # Script sources that let injected markup run script (CSP Level 3).
 _UNSAFE_SCRIPT = {"'unsafe-inline'", "'unsafe-eval'", "*", "data:", "http:", "https:", "blob:"}
 # What must never reach a client in an error: traces, paths, SQL, libraries, credentials.
+# Every repeat is bounded, and only the first _SCANNED bytes of a body are searched: the body
+# comes from the audited server, which must not be able to make the search slow.
 _LEAKS = re.compile(
-    rb"traceback \(most recent call last\)|file \"[^\"]+\", line \d+|site-packages|\.py\", line"
+    rb"traceback \(most recent call last\)|file \"[^\"\n]{1,500}\", line \d+|site-packages|\.py\", line"
     rb"|\b(?:select\s.{1,200}?\sfrom|insert\s+into|update\s.{1,80}?\sset|delete\s+from)\s"
     rb"|\b(?:sqlalchemy|asyncpg|psycopg2?|sqlite3|pymysql|uvicorn|starlette|fastapi|pydantic"
     rb"|django|flask|werkzeug|gunicorn|express|node_modules)\b"
-    rb"|\b[a-z][a-z0-9+.-]*://[^\s/:@\"']+:[^\s@\"']+@",
+    rb"|\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@\"']{1,200}:[^\s@\"']{1,200}@",
     re.IGNORECASE | re.DOTALL,
 )
 _APP_SERVERS = re.compile(
@@ -151,7 +154,7 @@ def _hsts_max_age(value: str) -> int | None:
         name, _, argument = directive.partition("=")
         if name.strip().lower() == "max-age":
             argument = argument.strip().strip('"')
-            return int(argument) if argument.isdigit() else None
+            return int(argument) if _DIGITS.fullmatch(argument) else None
     return None
 
 
@@ -190,9 +193,9 @@ def security_headers(target: Target) -> Result:
 def _directives(policy: str) -> dict[str, list[str]]:
     directives: dict[str, list[str]] = {}
     for part in policy.split(";"):
-        name, *sources = part.split()
-        if part.strip():
-            directives.setdefault(name.lower(), [s.lower() for s in sources])
+        words = part.split()
+        if words:  # "a; b;" ends with an empty part
+            directives.setdefault(words[0].lower(), [w.lower() for w in words[1:]])
     return directives
 
 
@@ -288,7 +291,7 @@ def no_internals(target: Target) -> Result:
     for sample in answers:
         if sample.status >= 500 and sample.status != 503:
             wrong.append(f"{sample.label} (a server error)")
-        if sample.status >= 400 and (match := _LEAKS.search(sample.body)) is not None:
+        if sample.status >= 400 and (match := _LEAKS.search(sample.body[:_SCANNED])) is not None:
             wrong.append(f"{sample.label} shows {match.group(0)[:40].decode('latin-1')!r}")
     if wrong:
         return _fail("; ".join(wrong[:3]))
@@ -309,9 +312,10 @@ def cors(target: Target) -> Result:
     return _pass(f"a foreign origin is not allowed ({preflight.label}, {simple.label})")
 
 
-_Q = re.compile(r"(?:^|;)\s*q=(\d+)")
-_W = re.compile(r"(?:^|;)\s*w=(\d+)")
-_R = re.compile(r"(?:^|;)\s*r=(\d+)")
+_DIGITS = re.compile(r"[0-9]{1,15}")  # not str.isdigit: "²" is a digit to it, not to int()
+_Q = re.compile(r"(?:^|;)\s*q=([0-9]{1,15})")
+_W = re.compile(r"(?:^|;)\s*w=([0-9]{1,15})")
+_R = re.compile(r"(?:^|;)\s*r=([0-9]{1,15})")
 
 
 def _limit(headers: httpx.Headers) -> tuple[int, int | None] | None:
@@ -319,13 +323,13 @@ def _limit(headers: httpx.Headers) -> tuple[int, int | None] | None:
     policy = headers.get("ratelimit-policy")
     if policy is not None:
         first = policy.split(",", 1)[0]
-        quota = _Q.search(first) or re.match(r"\s*(\d+)", first)
+        quota = _Q.search(first) or re.match(r"\s*([0-9]{1,15})", first)
         window = _W.search(first)
         if quota is not None:
             return int(quota.group(1)), int(window.group(1)) if window else None
     for name in ("ratelimit-limit", "x-ratelimit-limit"):
         value = headers.get(name, "").split(",", 1)[0].strip()
-        if value.isdigit():
+        if _DIGITS.fullmatch(value):
             return int(value), None
     return None
 
@@ -336,7 +340,7 @@ def _remaining(headers: httpx.Headers) -> int | None:
         return int(match.group(1))
     for name in ("ratelimit-remaining", "x-ratelimit-remaining"):
         value = headers.get(name, "").strip()
-        if value.isdigit():
+        if _DIGITS.fullmatch(value):
             return int(value)
     return None
 
@@ -354,10 +358,18 @@ def rate_limit(target: Target) -> Result:
     if limit is None:
         return _fail(f"no RateLimit-Policy or RateLimit-Limit header on {second.label}")
     quota, window = limit
-    if window is not None and quota / window > _POLICY_RATE:
-        return _fail(f"allows {quota} requests per {window} s (the policy: 100 per 15 minutes)")
-    if window is None and quota > 100:
-        return _fail(f"allows {quota} requests per window (the policy: 100 per 15 minutes)")
+    if window == 0:
+        return _fail(f"a rate-limit window of 0 s on {second.label}")
+    if window is None:
+        if quota > _POLICY_QUOTA:
+            return _fail(f"allows {quota} requests per window (the policy: 100 per 15 minutes)")
+        return _not_checked(f"a limit of {quota} with no window (RateLimit-Policy w=): cannot tell it is per 15 min")
+    # Read as the policy is usually implemented (express-rate-limit's fixed windows): at most
+    # 100 in a window of 15 minutes, or in the windows that make up 15 minutes. A longer window
+    # must not allow more than 100 either: it could admit them all in its first 15 minutes.
+    admitted = quota if window >= _POLICY_WINDOW else quota * -(-_POLICY_WINDOW // window)
+    if admitted > _POLICY_QUOTA:
+        return _fail(f"allows {quota} requests per {window} s: up to {admitted} in 15 minutes (the policy: 100)")
     before, after = _remaining(first.headers), _remaining(second.headers)
     if before is None or after is None:
         return _fail(f"no remaining count on {second.label}: cannot tell requests are counted")
@@ -389,7 +401,7 @@ def monitor(target: Target) -> Result:
         return _fail(f"no /api/monitor ({answer.label})")
     if answer.status not in (401, 403):
         return _fail(f"/api/monitor answered {answer.status} to an anonymous caller")
-    if len(answer.body) > 4096 or _LEAKS.search(answer.body):
+    if len(answer.body) > 4096 or _LEAKS.search(answer.body[:_SCANNED]):
         return _fail(f"/api/monitor refused ({answer.status}) but its body carries data")
     return _pass(f"/api/monitor refuses anonymous callers ({answer.status})")
 

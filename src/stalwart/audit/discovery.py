@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 __all__ = ["Routes", "discover"]
 
 _PARAM = re.compile(r"\{[^}/]*\}")
+# A path a URL can carry as it is: no control characters, spaces or quotes, at most 2000.
+_PATH = re.compile(r"/[!#-~]{0,1999}")
 # Routes whose GET a careful audit leaves alone even though GET should be safe, and the
 # operational ones it checks apart (they may have limits of their own, for their probes).
 _AVOID = ("logout", "erase", "delete", "export", "backup", "download", "shutdown", "restart",
@@ -36,7 +38,7 @@ def discover(document: object, limit: int = 3) -> Routes:
     if not isinstance(paths, dict):
         return routes
     # API routes first: they are the ones the policy's limits and headers matter most for.
-    ordered = sorted((p for p in paths if isinstance(p, str) and p.startswith("/")),
+    ordered = sorted((p for p in paths if isinstance(p, str) and _PATH.fullmatch(p)),
                      key=lambda p: (not p.startswith("/api"), p.count("/"), p))
     for path in ordered:
         item = paths[path]

@@ -1,13 +1,15 @@
 """The audit's requests: bounded in time and in bytes, whatever the audited server does.
 
-An audited server is not trusted to behave: it may trickle its answer a byte at a time, send a
-body of gigabytes or never answer. httpx's timeout bounds each read, not the whole request, so
-each request also gets a wall-clock limit checked between chunks, the whole audit a deadline,
-and at most `max_body` bytes of a body are kept (the rest is not read).
+An audited server is not trusted to behave: it may trickle its answer (head or body) a byte at
+a time, send a body of gigabytes or never answer. httpx's timeout bounds each read, not the
+whole request, so each request runs under a wall-clock limit of its own (an asyncio timeout
+around the whole exchange, on a loop of the prober's), the whole audit under a deadline, and at
+most `max_body` bytes of a body are kept (the rest is not read).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,7 +77,7 @@ class Prober:
         request_seconds: float = 10.0,
         audit_seconds: float = 120.0,
         max_body: int = 1 << 20,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         try:
             url = httpx.URL(base_url)
@@ -88,7 +90,9 @@ class Prober:
         self.max_body = max_body
         self.samples: list[Sample] = []
         self._cache: dict[tuple[str, str], Sample] = {}
-        self._client = httpx.Client(
+        # The checks are plain functions; each request runs to completion on this loop.
+        self._loop = asyncio.new_event_loop()
+        self._client = httpx.AsyncClient(
             base_url=url, verify=verify, follow_redirects=False, transport=transport,
             # identity: the raw bytes are the body (a compressed one could expand past max_body).
             headers={"user-agent": "stalwart-audit", "accept-encoding": "identity"},
@@ -104,7 +108,10 @@ class Prober:
         self._cache.clear()
 
     def close(self) -> None:
-        self._client.close()
+        try:
+            self._loop.run_until_complete(self._client.aclose())
+        finally:
+            self._loop.close()
 
     def get(self, path: str) -> Sample:
         """GET `path`, once per audit: checks that look at the same answer share it."""
@@ -126,25 +133,29 @@ class Prober:
         if now >= self.deadline:
             raise OutOfTime
         limit = min(self.request_seconds, self.deadline - now)
-        stop = now + limit
         request = self._client.build_request(
             method, path_or_url, headers=headers, content=content, timeout=httpx.Timeout(limit)
         )
-        response = self._client.send(request, stream=True)
-        try:
-            chunks: list[bytes] = []
-            size, truncated = 0, False
-            for chunk in response.iter_raw():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > self.max_body:
-                    truncated = True
-                    break
-                if time.monotonic() > stop:
-                    raise httpx.ReadTimeout(f"no whole answer within {limit:.0f} s", request=request)
-        finally:
-            response.close()
-        body = b"".join(chunks)[: self.max_body]
-        sample = Sample(method, str(request.url), response.status_code, response.headers, body, truncated)
+        sample = self._loop.run_until_complete(self._exchange(request, limit))
         self.samples.append(sample)
         return sample
+
+    async def _exchange(self, request: httpx.Request, limit: float) -> Sample:
+        try:
+            async with asyncio.timeout(limit):
+                response = await self._client.send(request, stream=True)
+                try:
+                    chunks: list[bytes] = []
+                    size, truncated = 0, False
+                    async for chunk in response.aiter_raw():
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > self.max_body:
+                            truncated = True
+                            break
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no whole answer within {limit:.0f} s", request=request) from None
+        body = b"".join(chunks)[: self.max_body]
+        return Sample(request.method, str(request.url), response.status_code, response.headers, body, truncated)

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from stalwart.policies.rate_limit import Policy, rate_limit_middleware
-from stalwart.policies.rate_limit.factory import configured_policy, login_account_policy, route_limits_from_settings
+from stalwart.policies.rate_limit.factory import (
+    configured_policy,
+    login_account_policy,
+    route_limits_from_settings,
+    unsplittable_budgets,
+)
 from tests.conftest import make_settings
 
 
@@ -39,3 +44,15 @@ def test_every_budget_is_split_and_none_falls_to_zero(tmp_path: Path) -> None:
     )
     assert [route.policy.limit for route in route_limits_from_settings(s)] == [2, 300, 300]
     assert login_account_policy(s) == Policy(limit=1, window=60)
+
+
+def test_a_budget_smaller_than_the_workers_cannot_be_split(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, rate_limit_backend="auto", rate_limit_login_account="5/15minutes")
+    assert unsplittable_budgets(s, 5) == []
+    assert unsplittable_budgets(s, 6) == [
+        "STALWART_RATE_LIMIT_LOGIN_ACCOUNT (5/15minutes) cannot be split between 6 workers that share no"
+        " counters: set STALWART_REDIS_URL, or run fewer workers"
+    ]
+    shared = make_settings(tmp_path, rate_limit_backend="redis", redis_url="redis://127.0.0.1:6379/0",
+                           rate_limit_login_account="5/15minutes")
+    assert unsplittable_budgets(shared, 6) == []

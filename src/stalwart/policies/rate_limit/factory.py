@@ -26,6 +26,7 @@ __all__ = [
     "login_account_policy",
     "rate_limit_middleware",
     "route_limits_from_settings",
+    "unsplittable_budgets",
 ]
 
 LOGIN_METHOD = "POST"
@@ -72,6 +73,28 @@ def configured_policy(settings: Settings, text: str) -> Policy:
     if divisor == 1:
         return policy
     return Policy(limit=max(1, policy.limit // divisor), window=policy.window)
+
+
+def unsplittable_budgets(settings: Settings, workers: int) -> list[str]:
+    """Budgets that `workers` processes sharing no counters cannot split (fewer hits than them).
+
+    Each worker admits at least one hit, so together they would admit more than the budget.
+    """
+    if workers <= 1 or settings.rate_limits_shared:
+        return []
+    problems = []
+    for name, text in (
+        ("STALWART_RATE_LIMIT", settings.rate_limit),
+        ("STALWART_RATE_LIMIT_LOGIN", settings.rate_limit_login),
+        ("STALWART_RATE_LIMIT_LOGIN_ACCOUNT", settings.rate_limit_login_account),
+        ("STALWART_RATE_LIMIT_MONITORING", settings.rate_limit_monitoring),
+    ):
+        if parse_policy(text).limit < workers:
+            problems.append(
+                f"{name} ({text}) cannot be split between {workers} workers that share no counters:"
+                " set STALWART_REDIS_URL, or run fewer workers"
+            )
+    return problems
 
 
 def route_limits_from_settings(settings: Settings) -> list[RouteLimit]:
