@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -160,3 +162,41 @@ async def test_role_cannot_be_changed_through_me(client: httpx.AsyncClient, alic
     r = await client.patch("/api/v1/me", json={"role": "admin"}, headers=alice.headers)
     assert r.status_code == 422
     assert (await client.get("/api/v1/me", headers=alice.headers)).json()["role"] == "user"
+
+
+async def test_a_login_checked_against_the_old_password_gets_no_token_once_it_changed(
+    client: httpx.AsyncClient, alice: Account, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passwords = app.state.resources.passwords
+    verify = passwords.verify
+    checked, changed = asyncio.Event(), asyncio.Event()
+
+    async def login_waits_for_the_change(hashed: str | None, password: str) -> bool:
+        ok = await verify(hashed, password)
+        if not checked.is_set():  # the login: right with the old password, then held
+            checked.set()
+            await changed.wait()
+        return bool(ok)
+
+    monkeypatch.setattr(passwords, "verify", login_waits_for_the_change)
+
+    async def change_then_release() -> httpx.Response:
+        await checked.wait()
+        try:
+            return await client.patch(
+                "/api/v1/me", json={"password": "a brand new password", "current_password": alice.password},
+                headers=alice.headers,
+            )
+        finally:
+            changed.set()
+
+    login, change = await asyncio.gather(
+        client.post("/api/v1/auth/tokens", json={"email": alice.email, "password": alice.password}),
+        change_then_release(),
+    )
+    assert change.status_code == 200
+    assert login.status_code == 401
+    assert login.headers["content-type"] == "application/problem+json"
+    async with app.state.resources.db.session() as s:
+        live = (await s.scalars(select(Token).where(Token.account_id == alice.id, Token.revoked_at.is_(None)))).all()
+    assert len(live) == 1  # the caller's own, nothing issued against the old password

@@ -50,7 +50,14 @@ async def create_token(
     row = Token(account_id=account.id, token_hash=hash_token(token), created_at=now, expires_at=expires)
     session.add(row)
     account.last_login_at = now
+    checked = account.password_hash
     await session.flush()
+    # A password change may have committed since the password was checked above: its token
+    # revocation did not see this token, which would outlive it. The flush updated the account
+    # row, so it is ours until the commit, and what is read now is final.
+    if await session.scalar(select(Account.password_hash).where(Account.id == account.id)) != checked:
+        await session.rollback()
+        raise HTTPException(401, _BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"})
     record(session, "auth.login", subject=account.id, actor=account.id, ip=client_ip(request))
     record(session, "token.created", subject=account.id, actor=account.id, details={"token_id": row.id})
     await session.commit()
