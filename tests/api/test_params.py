@@ -41,3 +41,11 @@ async def test_the_guard_answers_before_authentication_and_changes_nothing_else(
     plain = await client.get("/api/v1/notes?q=%2500", headers=alice.headers)  # a literal "%00"
     assert plain.status_code == 200
     assert plain.json() == {"data": [], "next": None}
+
+
+@pytest.mark.parametrize("url", ["/api/v1/%E2%98%83/%00", "/nowhere/%00", "/nowhere?q=%00"])
+async def test_a_path_no_route_takes_is_404_whatever_it_holds(
+    client: httpx.AsyncClient, alice: Account, url: str
+) -> None:
+    r = await client.get(url, headers=alice.headers)
+    assert (r.status_code, r.headers["content-type"]) == (404, "application/problem+json")

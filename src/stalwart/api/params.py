@@ -27,7 +27,8 @@ _MESSAGE = "NUL characters are not allowed"
 
 class NulParameterGuard:
     """Answer 422 (problem+json, one error per offending parameter) when a NUL is in the
-    decoded path or in the query string; pass everything else straight on."""
+    decoded path or in the query string of a request some route takes; pass everything else
+    straight on (an unknown path is the router's 404)."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
@@ -40,7 +41,7 @@ class NulParameterGuard:
         if scope["type"] == "http":
             query: bytes = scope.get("query_string", b"")
             # The path is already percent-decoded; the query string is not.
-            if b"%00" in query or b"\x00" in query or "\x00" in scope["path"]:
+            if (b"%00" in query or b"\x00" in query or "\x00" in scope["path"]) and self._routed(scope):
                 return send_problem(
                     scope,
                     send,
@@ -50,6 +51,11 @@ class NulParameterGuard:
                     extra={"errors": self._errors(scope, query)},
                 )
         return self.app(scope, receive, send)
+
+    def _routed(self, scope: Scope) -> bool:
+        """Whether a route takes this path (any method): a path no route takes is the router's
+        404, whatever it holds."""
+        return any(route.matches(scope)[0] is not Match.NONE for route in self.routes)
 
     def _errors(self, scope: Scope, query: bytes) -> list[dict[str, str]]:
         errors: list[dict[str, str]] = []
