@@ -163,7 +163,7 @@ def test_serve_refuses_more_workers_than_a_budget_without_shared_counters(tmp_pa
     assert result.exit_code == 1
     assert result.stderr == (
         "unsafe: STALWART_RATE_LIMIT_LOGIN_ACCOUNT (5/15minutes) cannot be split between 6 workers that share"
-        " no counters: set STALWART_REDIS_URL, or run fewer workers\n"
+        " no counters: set STALWART_REDIS_URL (with the auto or redis backend), or run fewer workers\n"
     )
 
 
@@ -187,3 +187,5 @@ def test_only_connection_failures_are_cut_to_one_line() -> None:
     # A statement the database refused keeps its message and trace.
     assert _connection_failure(wrapped(sqlite3.OperationalError("table accounts already exists"))) is None
     assert _connection_failure(BrokenPipeError()) is None
+    every_address = OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 5999, 0, 0), ...")
+    assert _connection_failure(wrapped(every_address)) is every_address

@@ -286,4 +286,10 @@ def test_sigttin_adds_no_worker_when_workers_share_no_counters(
     monkeypatch.setattr(server_module.logger, "warning", lambda message, *args: warned.append(message % args))
     supervisor.handle_ttin()
     assert (supervisor.processes_num, len(started)) == (2 + added, added)
-    assert [w.startswith("SIGTTIN ignored: 2 workers share no counters") for w in warned] == ([True] if fixed else [])
+    assert [w.startswith("SIGTTIN ignored: the workers share no counters") for w in warned] == (
+        [True] if fixed else []
+    )
+    # After a SIGTTOU, back up to the number started with is safe: each still admits 1/2.
+    supervisor.processes_num = 1
+    supervisor.handle_ttin()
+    assert supervisor.processes_num == 2

@@ -237,6 +237,8 @@ def _connection_failure(exc: BaseException) -> BaseException | None:
             return current
         if isinstance(current, sqlite3.OperationalError) and "unable to open database file" in str(current):
             return current
+        if type(current) is OSError and str(current).startswith("Multiple exceptions"):
+            return current  # asyncio: every address of the host refused or timed out
         current = current.__cause__
     return None
 

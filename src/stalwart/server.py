@@ -277,12 +277,12 @@ class GracefulMultiprocess(Multiprocess):
             uvicorn_multiprocess.Process = original  # type: ignore[misc]
 
     def handle_ttin(self) -> None:
-        if self.fixed_count:
+        # Back up to the number started with is safe (each admits 1/that); past it is not.
+        if self.fixed_count and self.processes_num >= self.config.workers:
             logger.warning(
-                "SIGTTIN ignored: %d workers share no counters without STALWART_REDIS_URL and each"
+                "SIGTTIN ignored: the workers share no counters without STALWART_REDIS_URL and each"
                 " admits 1/%d of every budget; restart with the number of workers wanted",
-                self.processes_num,
-                self.processes_num,
+                self.config.workers,
             )
             return
         super().handle_ttin()

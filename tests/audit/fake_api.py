@@ -44,6 +44,7 @@ class Flaws:
     powered_by_on_errors: bool = False
     hsts_elsewhere: str | None = None  # HSTS value on every answer but GET /
     http_served: bool = False
+    http_drops_after: float | None = None  # plain http: connecting times out after this long
     redirect_to: str | None = None
     rate_policy: str = '"default";q=100;w=900'
     counts: bool = True
@@ -97,6 +98,8 @@ class FakeApi:
         if request.url.scheme == "http":
             if flaws.http_served:
                 return httpx.Response(200, stream=httpx.ByteStream(b"hello"))
+            if flaws.http_drops_after is not None:
+                return self._dropped(request, flaws.http_drops_after)  # type: ignore[return-value]
             if flaws.redirect_to is not None:
                 return httpx.Response(301, headers={"location": flaws.redirect_to}, stream=httpx.ByteStream(b""))
             raise httpx.ConnectError("refused", request=request)
@@ -104,6 +107,11 @@ class FakeApi:
         if flaws.hsts_elsewhere is not None and path != "/":
             response.headers["strict-transport-security"] = flaws.hsts_elsewhere
         return response
+
+    async def _dropped(self, request: httpx.Request, after: float) -> httpx.Response:
+        # What httpx does against a port whose packets are dropped: its connect timeout.
+        await asyncio.sleep(after)
+        raise httpx.ConnectTimeout("timed out", request=request)
 
     def route(self, request: httpx.Request, path: str) -> httpx.Response:
         flaws = self.flaws

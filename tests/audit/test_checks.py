@@ -216,3 +216,11 @@ def test_a_body_built_to_slow_the_leak_search_does_not(monkeypatch: pytest.Monke
     report = audit(api)
     assert time.monotonic() - started < 5
     assert report["error documents"].outcome is Outcome.FAIL  # cut at 1 MiB: not JSON
+
+
+def test_a_plain_http_port_that_drops_packets_is_not_served() -> None:
+    # httpx's connect timeout (the request's limit) comes before the audit's own limit on the
+    # whole request, so it reads as "not served", as a refused port does.
+    api = FakeApi(Flaws(http_drops_after=1.1))
+    report = {f.check: f for f in run_audit(BASE, transport=api.transport(), request_seconds=1.0)}
+    assert report["HTTPS only"].outcome is Outcome.PASS

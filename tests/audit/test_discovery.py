@@ -36,5 +36,6 @@ def test_at_most_limit_of_each_kind() -> None:
 
 
 def test_anything_else_finds_nothing() -> None:
-    for document in (None, [], "x", {"paths": []}, {"paths": {"/a": None, "b": {"get": {}}}}):
+    odd = {"//x:y": {"get": {}}, "//[::1": {"get": {}}, "/a b": {"get": {}}, "/\u00e9": {"get": {}}}
+    for document in (None, [], "x", {"paths": []}, {"paths": {"/a": None, "b": {"get": {}}}}, {"paths": odd}):
         assert discover(document) == Routes()

@@ -471,6 +471,13 @@ async def test_a_range_keeps_the_strong_etag_the_compression_layer_leaves_alone(
     revalidate = {"Accept-Encoding": "br", "Range": "bytes=0-9", "If-None-Match": part.headers["etag"]}
     again = await get(app, "/static/app.js", revalidate)
     assert (again.status_code, again.headers["etag"]) == (304, etag_of(JS))  # the 206's, not the 200's
+    for ignored in ("bytes=0-1,3-4", "bytes=5-1", "items=0-3"):  # answered with the whole file
+        whole = await get(app, "/static/app.js", {"Accept-Encoding": "br", "Range": ignored})
+        again = await get(
+            app, "/static/app.js", {"Accept-Encoding": "br", "Range": ignored, "If-None-Match": whole.headers["etag"]}
+        )
+        assert (whole.status_code, again.status_code) == (200, 304)
+        assert again.headers["etag"] == whole.headers["etag"] == "W/" + etag_of(JS)
 
 
 def test_build_static_command(site: Path) -> None:

@@ -89,7 +89,7 @@ def _start(prober: Prober, http_port: int, body_size: int) -> Target:
     for path in (*routes.reads, *routes.item_reads):
         try:
             prober.get(path)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, httpx.InvalidURL):
             continue  # judged by the checks that read it again, if any
         except OutOfTime:
             break  # the checks will each say so

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 __all__ = ["Routes", "discover"]
 
 _PARAM = re.compile(r"\{[^}/]*\}")
-# A path a URL can carry as it is: no control characters, spaces or quotes, at most 2000.
-_PATH = re.compile(r"/[!#-~]{0,1999}")
+# A path a URL can carry as it is: no control characters, spaces or quotes, at most 2000, and
+# not "//" first (a URL would read what follows as a host).
+_PATH = re.compile(r"/(?!/)[!#-~]{0,1999}")
 # Routes whose GET a careful audit leaves alone even though GET should be safe, and the
 # operational ones it checks apart (they may have limits of their own, for their probes).
 _AVOID = ("logout", "erase", "delete", "export", "backup", "download", "shutdown", "restart",

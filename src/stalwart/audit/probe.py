@@ -19,6 +19,8 @@ import orjson
 
 __all__ = ["AuditError", "OutOfTime", "Prober", "Sample"]
 
+_MARGIN = 0.5  # seconds
+
 
 class AuditError(Exception):
     """The audit cannot run at all: a bad URL, an unreachable or untrusted server."""
@@ -142,7 +144,9 @@ class Prober:
 
     async def _exchange(self, request: httpx.Request, limit: float) -> Sample:
         try:
-            async with asyncio.timeout(limit):
+            # A little past httpx's own timeouts: a connection that never opens must end as
+            # httpx's ConnectTimeout (a port that drops is "not served"), not as this limit.
+            async with asyncio.timeout(limit + _MARGIN):
                 response = await self._client.send(request, stream=True)
                 try:
                     chunks: list[bytes] = []

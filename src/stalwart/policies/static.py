@@ -348,10 +348,15 @@ class StaticAssets:
         name = real.rsplit(os.sep, 1)[-1]
         content_type = self._content_type(name)
         etag = rep.entry.etag
-        if rep.coding is None and range_header is None and self._compressed_outside(content_type, rep.size, headers):
+        served_in_part = (
+            range_header is not None
+            and _if_range_ok(headers, rep.entry.etag, st.st_mtime)
+            and _parse_range(range_header, rep.size) is not None
+        )
+        if rep.coding is None and not served_in_part and self._compressed_outside(content_type, rep.size, headers):
             # The compression layer will compress these bytes and weaken the ETag of the 200
             # (the bytes sent are not these); weakened here, the 304 carries the same one. Not
-            # for a Range request: its 206 is never compressed and keeps the strong one.
+            # for a range that is served (a 206 is never compressed) or refused (a 416).
             etag = b"W/" + etag
         common = [
             (b"cache-control", self._long_cache if is_hashed_name(name) else self._short_cache),

@@ -51,7 +51,7 @@ def test_a_budget_smaller_than_the_workers_cannot_be_split(tmp_path: Path) -> No
     assert unsplittable_budgets(s, 5) == []
     assert unsplittable_budgets(s, 6) == [
         "STALWART_RATE_LIMIT_LOGIN_ACCOUNT (5/15minutes) cannot be split between 6 workers that share no"
-        " counters: set STALWART_REDIS_URL, or run fewer workers"
+        " counters: set STALWART_REDIS_URL (with the auto or redis backend), or run fewer workers"
     ]
     shared = make_settings(tmp_path, rate_limit_backend="redis", redis_url="redis://127.0.0.1:6379/0",
                            rate_limit_login_account="5/15minutes")

@@ -92,7 +92,7 @@ def unsplittable_budgets(settings: Settings, workers: int) -> list[str]:
         if parse_policy(text).limit < workers:
             problems.append(
                 f"{name} ({text}) cannot be split between {workers} workers that share no counters:"
-                " set STALWART_REDIS_URL, or run fewer workers"
+                " set STALWART_REDIS_URL (with the auto or redis backend), or run fewer workers"
             )
     return problems
 
