@@ -17,7 +17,7 @@ import httpx
 
 from stalwart.audit.checks import CHECKS, HELMET_EXPECTED, Check, NotChecked, Outcome, Result, Target
 from stalwart.audit.discovery import discover
-from stalwart.audit.probe import AuditError, OutOfTime, Prober
+from stalwart.audit.probe import AuditError, OutOfTime, Prober, https_redirect
 
 __all__ = ["CHECKS", "HELMET_EXPECTED", "AuditError", "Check", "Finding", "Outcome", "run_audit"]
 
@@ -64,22 +64,17 @@ def _start(prober: Prober, http_port: int, body_size: int) -> Target:
         raise AuditError(f"{prober.base_url}: no answer ({type(exc).__name__})") from exc
     redirect = None
     not_served: list[str] = []
-    location = root.headers.get("location", "")
-    if prober.base_url.scheme == "http" and root.status in (301, 302, 307, 308):
+    to = https_redirect(root, prober.base_url.host) if prober.base_url.scheme == "http" else None
+    if to is not None:
+        # The policy's answer to plain http: audit the API where it is served. The redirect
+        # itself (often a proxy's, with none of the API's headers) is not the API's answer.
+        redirect = (root.status, root.headers["location"])
+        not_served = [root.url]
+        prober.rebase(to.copy_with(path="/", query=None, fragment=None))
         try:
-            to = httpx.URL(location)
-        except (httpx.InvalidURL, ValueError):
-            to = httpx.URL("")
-        if to.scheme == "https" and to.host == prober.base_url.host:
-            # The policy's answer to plain http: audit the API where it is served. The redirect
-            # itself (often a proxy's, with none of the API's headers) is not the API's answer.
-            redirect = (root.status, location)
-            not_served = [root.url]
-            prober.rebase(to.copy_with(path="/", query=None, fragment=None))
-            try:
-                prober.get("/")
-            except (httpx.HTTPError, OutOfTime) as exc:
-                raise AuditError(f"{prober.base_url} (redirected to): no answer ({type(exc).__name__})") from exc
+            prober.get("/")
+        except (httpx.HTTPError, OutOfTime) as exc:
+            raise AuditError(f"{prober.base_url} (redirected to): no answer ({type(exc).__name__})") from exc
     try:
         document = prober.get("/openapi.json").json()
     except (httpx.HTTPError, OutOfTime):

@@ -16,7 +16,7 @@ from enum import StrEnum
 import httpx
 
 from stalwart.audit.discovery import Routes
-from stalwart.audit.probe import Prober, Sample
+from stalwart.audit.probe import Prober, Sample, https_redirect
 
 __all__ = ["CHECKS", "HELMET_EXPECTED", "Check", "Outcome", "Result", "Target"]
 
@@ -138,13 +138,9 @@ def https_only(target: Target) -> Result:
     finally:
         target.not_served.append(str(http_url))
     location = answer.headers.get("location", "")
+    if https_redirect(answer, base.host) is not None:
+        return _pass(f"plain http redirects with {answer.status} to {location}")
     if answer.status in (301, 302, 307, 308):
-        try:
-            to = httpx.URL(location)
-        except (httpx.InvalidURL, ValueError):
-            to = httpx.URL("")
-        if to.scheme == "https" and to.host == base.host:
-            return _pass(f"plain http redirects with {answer.status} to {location}")
         return _fail(f"plain http redirects with {answer.status} to {location!r}, not to https on {base.host}")
     return _fail(f"plain http answered {answer.status} without a redirect to https")
 

@@ -17,9 +17,20 @@ from dataclasses import dataclass, field
 import httpx
 import orjson
 
-__all__ = ["AuditError", "OutOfTime", "Prober", "Sample"]
+__all__ = ["AuditError", "OutOfTime", "Prober", "Sample", "https_redirect"]
 
 _MARGIN = 0.5  # seconds
+
+
+def https_redirect(sample: Sample, host: str) -> httpx.URL | None:
+    """Where `sample` redirects, if it is a redirect to https on `host`."""
+    if sample.status not in (301, 302, 307, 308):
+        return None
+    try:
+        to = httpx.URL(sample.headers.get("location", ""))
+    except (httpx.InvalidURL, ValueError):
+        return None
+    return to if to.scheme == "https" and to.host == host else None
 
 
 class AuditError(Exception):

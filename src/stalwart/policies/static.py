@@ -348,12 +348,13 @@ class StaticAssets:
         name = real.rsplit(os.sep, 1)[-1]
         content_type = self._content_type(name)
         etag = rep.entry.etag
-        served_in_part = (
-            range_header is not None
-            and _if_range_ok(headers, rep.entry.etag, st.st_mtime)
-            and _parse_range(range_header, rep.size) is not None
+        # A range to serve (a tuple) or to refuse (False); None: the whole file is sent.
+        parsed = (
+            _parse_range(range_header, rep.size)
+            if range_header is not None and _if_range_ok(headers, rep.entry.etag, st.st_mtime)
+            else None
         )
-        if rep.coding is None and not served_in_part and self._compressed_outside(content_type, rep.size, headers):
+        if rep.coding is None and parsed is None and self._compressed_outside(content_type, rep.size, headers):
             # The compression layer will compress these bytes and weaken the ETag of the 200
             # (the bytes sent are not these); weakened here, the 304 carries the same one. Not
             # for a range that is served (a 206 is never compressed) or refused (a 416).
@@ -378,8 +379,7 @@ class StaticAssets:
         if rep.coding is not None:
             out.append((b"content-encoding", rep.coding.encode()))
         start, end, status = 0, rep.size - 1, 200
-        if range_header is not None and _if_range_ok(headers, rep.entry.etag, st.st_mtime):
-            parsed = _parse_range(range_header, rep.size)
+        if parsed is not None:
             if parsed is False:
                 await send_problem(
                     scope,
@@ -393,7 +393,6 @@ class StaticAssets:
                 start, end = parsed
                 status = 206
                 out.append((b"content-range", f"bytes {start}-{end}/{rep.size}".encode()))
-                out = [(k, rep.entry.etag if k == b"etag" else v) for k, v in out]  # never compressed
         length = max(end - start + 1, 0)
         out.append((b"content-length", str(length).encode()))
         await send({"type": "http.response.start", "status": status, "headers": out})
