@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import event, text
@@ -23,6 +24,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _sqlite_stop_once(dbapi_connection: Any, _record: Any) -> None:
+    """Make aiosqlite's `stop()` answer every call with the first call's future.
+
+    aiosqlite 0.22's worker thread exits on the first stop; a later stop queues work that no thread
+    runs and returns a future that never resolves. SQLAlchemy stops a connection twice when a
+    graceful close is cancelled (it forces the close, and the close it cancelled stops again in its
+    `finally`): that close then waited forever, and closing the event loop with it (a hang at
+    shutdown). The first future resolves when the thread has stopped, which is what both wait for.
+    """
+    connection = dbapi_connection.driver_connection
+    stop = connection.stop
+    first: list[asyncio.Future[Any] | None] = []
+
+    def once() -> asyncio.Future[Any] | None:
+        if not first:
+            first.append(stop())
+        return first[0]
+
+    connection.stop = once
 
 
 class Database:
@@ -53,6 +75,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_stop_once)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.reads: ReadPath = SQLAlchemyReads(self.engine)
 
