@@ -50,3 +50,19 @@ async def test_unknown_asset_is_a_404_problem(client: httpx.AsyncClient) -> None
     r = await client.get("/monitor/assets/secret.txt")
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("path", ["/monitor", "/monitor/assets/monitor.js", "/monitor/assets/monitor.css"])
+async def test_a_304_carries_the_fields_of_its_200(client: httpx.AsyncClient, path: str) -> None:
+    # A cache updates the stored page with a 304's fields: a 304 with the CSP of a JSON
+    # document (default-src 'none') would block the dashboard's own script on the next load.
+    first = await client.get(path)
+    again = await client.get(path, headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+    for name in ("content-type", "content-security-policy", "x-frame-options", "etag", "cache-control"):
+        assert again.headers.get(name) == first.headers.get(name), name
+
+    def vary(response: httpx.Response) -> set[str]:
+        return {token.strip().lower() for token in response.headers.get("vary", "").split(",")}
+
+    assert vary(again) == vary(first)

@@ -36,7 +36,11 @@ class _Asset:
         headers = {"ETag": self.etag, "Cache-Control": "no-cache"}
         candidates = request.headers.get("if-none-match", "").split(",")
         if any(c.strip().removeprefix("W/") == self.etag[2:] for c in candidates):
-            return Response(status_code=304, headers=headers)
+            # The 200's Content-Type and Vary too, as policies/static.py does: the security
+            # headers layer picks the CSP by the type (without one, a JSON document's
+            # `default-src 'none'`), and a cache updates the stored page with these fields.
+            not_modified = {**headers, "Content-Type": self.media_type, "Vary": "Accept-Encoding"}
+            return Response(status_code=304, headers=not_modified)
         return Response(self.body, media_type=self.media_type, headers=headers)
 
 
