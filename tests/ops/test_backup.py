@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -280,3 +281,23 @@ async def test_no_restored_token_is_live_even_before_the_restore_finishes(
     restored = await anyio.to_thread.run_sync(restore_archive, ops_settings, result.path)
     assert live_when_loaded == [0]
     assert restored.tokens_revoked == 2
+
+
+@pytest.mark.anyio
+async def test_verify_and_restore_work_beside_the_archives_not_in_the_system_temp_folder(
+    ops_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decrypted archive is as large as the database: it must not need a big /tmp (deploy/k8s
+    mounts 64 MiB of memory there). Here the system temp folder does not exist at all."""
+    settings = make_settings(tmp_path, database_url=ops_settings.database_url, backup_encryption_key=KEY)
+    await seed(settings, accounts=2, notes=20)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-system-temp-folder"))
+    result = await create_backup(settings)
+    report = await anyio.to_thread.run_sync(verify_archive, settings, result.path)
+    assert report.counts == result.manifest.row_counts
+    restored = await anyio.to_thread.run_sync(restore_archive, settings, result.path)
+    assert restored.revision == "0003"
+    assert await count_tables(settings) == _bump_audit(result.manifest.row_counts)
+    left = sorted(p.name for p in settings.effective_backup_dir.iterdir())
+    assert left == [result.path.name, f"{result.path.name}.verified.json"]  # no scratch folder left
+    assert not (tmp_path / "no-system-temp-folder").exists()

@@ -172,6 +172,15 @@ def backup_dir(settings: Settings) -> Path:
     return path
 
 
+def scratch_dir(settings: Settings, purpose: str) -> tempfile.TemporaryDirectory[str]:
+    """A private working folder beside the archives, removed after use.
+
+    Not the system's temporary folder: it holds a whole database, decrypted for a verification or
+    a restore, and may be small (deploy/k8s mounts 64 MiB of memory on /tmp); the backup folder
+    is on storage sized for archives, private to the service (0700)."""
+    return tempfile.TemporaryDirectory(dir=backup_dir(settings), prefix=f".tmp-{purpose}-")
+
+
 async def create_backup(settings: Settings) -> BackupResult:
     """Make one archive of the configured database; rotate; return its path and manifest."""
     url = make_url(settings.effective_database_url)
@@ -182,7 +191,7 @@ async def create_backup(settings: Settings) -> BackupResult:
     # Before the snapshot: an erasure logged after this instant may be missing from the archive.
     created_at = utcnow()
     name = f"stalwart-{created_at:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}.tar"
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp:
+    with scratch_dir(settings, "backup") as tmp:
         work = Path(tmp)
         data = work / "data"
         if backend == "sqlite":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +40,7 @@ from stalwart.ops.archive import (
     verify_archive_bytes,
 )
 from stalwart.ops.audit import record
-from stalwart.ops.backup import record_verification, sqlite_counts
+from stalwart.ops.backup import record_verification, scratch_dir, sqlite_counts
 from stalwart.ops.gdpr import erase_account
 from stalwart.settings import Settings
 
@@ -212,7 +211,7 @@ def _remember(settings: Settings, path: Path, ok: bool, detail: str) -> None:
 def verify_archive(settings: Settings, path: Path) -> VerifyReport:
     """Checksum, decryptability, and a restore into a scratch database matching the manifest."""
     try:
-        with tempfile.TemporaryDirectory(prefix="stalwart-verify-") as tmp:
+        with scratch_dir(settings, "verify") as tmp:
             work = Path(tmp)
             manifest, data = _open_archive(settings, path, work)
             if manifest.backend == "sqlite":
@@ -325,7 +324,7 @@ def restore_archive(settings: Settings, path: Path) -> RestoreReport:
     revoke every bearer token."""
     url = make_url(settings.effective_database_url)
     backend = url.get_backend_name()
-    with tempfile.TemporaryDirectory(prefix="stalwart-restore-") as tmp:
+    with scratch_dir(settings, "restore") as tmp:
         work = Path(tmp)
         manifest, data = _open_archive(settings, path, work)
         if manifest.backend != backend:
