@@ -103,3 +103,36 @@ def test_cli_configuration_errors_name_the_variable_not_the_value(tmp_path: Path
     result = CliRunner().invoke(app, ["check-config"], env=env)
     assert result.exit_code == 2
     assert result.stderr == "invalid configuration: STALWART_BACKUP_ENCRYPTION_KEY: must be at least 32 characters\n"
+
+
+@pytest.mark.parametrize(
+    "name", ["DATA_DIR", "STATIC_DIR", "BACKUP_DIR", "METRICS_DIR", "ERASURE_LEDGER_PATH", "MONITOR_TOKEN"]
+)
+def test_an_empty_path_or_monitor_token_counts_as_unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """An empty path was the working directory (`STALWART_STATIC_DIR=` served the checkout and
+    its SQLite database at /static); an empty monitor token stopped a production start."""
+    monkeypatch.setenv(f"STALWART_{name}", "")
+    unset = Settings(_env_file=None)  # type: ignore[call-arg]
+    field = name.lower()
+    assert getattr(unset, field) == Settings.model_fields[field].get_default(call_default_factory=True)
+    assert getattr(unset, field) != Path()
+    monkeypatch.setenv("STALWART_ENV", "production")
+    assert production_problems(Settings(_env_file=None, **SAFE)) == []  # type: ignore[call-arg]
+
+
+@pytest.mark.anyio
+async def test_an_empty_static_dir_does_not_serve_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import httpx
+
+    (tmp_path / "private.txt").write_text("not for the web")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STALWART_STATIC_DIR", "")
+    app = create_app(Settings(_env_file=None, env="test", data_dir=tmp_path / "data"))  # type: ignore[call-arg]
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        response = await client.get("/static/private.txt")
+    assert response.status_code == 404
+    assert "not for the web" not in response.text

@@ -9,7 +9,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
@@ -347,6 +347,17 @@ class Settings(BaseSettings):
     @classmethod
     def _split_lists(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator(
+        "data_dir", "metrics_dir", "static_dir", "backup_dir", "erasure_ledger_path", "monitor_token", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        # An empty path is the working directory: `STALWART_STATIC_DIR=` served the checkout,
+        # the SQLite database in it included. An empty token was refused as too short.
+        if value == "":
+            return cls.model_fields[info.field_name or ""].get_default(call_default_factory=True)
+        return value
 
     @field_validator("backup_encryption_key", mode="before")
     @classmethod

@@ -28,7 +28,8 @@ Lists are comma-separated. With `STALWART_ENV=production`, `stalwart check-confi
 refuse an unsafe combination (see `production_problems` in `src/stalwart/settings.py`).
 
 "unset" means the variable is not set at all: that selects the behaviour the meaning column
-gives. An empty value is not the same for every type (an empty path is the working directory).
+gives. An empty value counts as unset for paths, the monitor token and the backup key; for
+other settings it is the value the meaning column describes as empty.
 
 This file is generated: `stalwart config-reference > docs/configuration.md`
 (`tests/test_settings_reference.py` fails when it is out of date).

@@ -1,7 +1,7 @@
 """Cluster-wide, non-blocking job locks: at most one instance runs a given job at a time.
 
 Three backends, chosen by `scheduler_lock` (auto: PostgreSQL when the database is PostgreSQL,
-else a file lock next to the SQLite database):
+else a file lock under data_dir/locks):
 
 * PostgreSQL: `pg_try_advisory_lock` on a dedicated connection. The lock lives as long as
   that connection, so a crashed instance never leaves it behind.
