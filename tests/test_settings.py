@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from stalwart.app import UnsafeConfiguration, create_app
-from stalwart.settings import Settings, production_problems
+from stalwart.settings import Settings, invalid_settings, production_problems
 
 SAFE: dict[str, Any] = {
     "env": "production",
@@ -136,3 +137,20 @@ async def test_an_empty_static_dir_does_not_serve_the_working_directory(
         response = await client.get("/static/private.txt")
     assert response.status_code == 404
     assert "not for the web" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        ({"scheduler_lock": "redis"}, "STALWART_SCHEDULER_LOCK: redis needs STALWART_REDIS_URL"),
+        ({"scheduler_lock": "postgres"}, "STALWART_SCHEDULER_LOCK: postgres needs a PostgreSQL STALWART_DATABASE_URL"),
+        ({"rate_limit_backend": "redis"}, "STALWART_RATE_LIMIT_BACKEND: redis needs STALWART_REDIS_URL"),
+    ],
+)
+def test_a_backend_without_its_service_is_refused_when_read(overrides: dict[str, Any], line: str) -> None:
+    """Not at the first scheduled job, hours after a start that looked fine."""
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, env="development", **overrides)  # type: ignore[call-arg]
+    assert invalid_settings(caught.value) == [line]
+    assert Settings(_env_file=None, env="development", redis_url="redis://127.0.0.1:6379/0",  # type: ignore[call-arg]
+                    database_url="postgresql+asyncpg://u@h/db", **overrides)

@@ -359,6 +359,18 @@ class Settings(BaseSettings):
             return cls.model_fields[info.field_name or ""].get_default(call_default_factory=True)
         return value
 
+    @field_validator("rate_limit_backend", "scheduler_lock")
+    @classmethod
+    def _service_configured(cls, value: str, info: ValidationInfo) -> str:
+        # Refused here, not when the first job or request needs it: a scheduled job would fail
+        # at every wake-up, hours after a start that looked fine. (Both fields come after the
+        # URLs, so those are in `info.data` when they are valid.)
+        if value == "redis" and not info.data.get("redis_url"):
+            raise ValueError("redis needs STALWART_REDIS_URL")
+        if value == "postgres" and not str(info.data.get("database_url", "")).startswith("postgresql"):
+            raise ValueError("postgres needs a PostgreSQL STALWART_DATABASE_URL")
+        return value
+
     @field_validator("backup_encryption_key", mode="before")
     @classmethod
     def _backup_key(cls, value: object) -> object:

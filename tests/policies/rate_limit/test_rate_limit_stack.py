@@ -83,7 +83,7 @@ def test_a_shared_rate_limiter_on_resources_is_used_as_is() -> None:
 
 def test_redis_backend_without_redis_is_refused_at_start_up() -> None:
     with pytest.raises(ValueError, match="STALWART_REDIS_URL"):
-        backend_from_settings(make_settings(rate_limit_backend="redis", redis_url=""))
+        backend_from_settings(make_settings().model_copy(update={"rate_limit_backend": "redis"}))
 
 
 def test_invalid_policy_is_refused_at_start_up() -> None:
