@@ -154,3 +154,17 @@ def test_a_backend_without_its_service_is_refused_when_read(overrides: dict[str,
     assert invalid_settings(caught.value) == [line]
     assert Settings(_env_file=None, env="development", redis_url="redis://127.0.0.1:6379/0",  # type: ignore[call-arg]
                     database_url="postgresql+asyncpg://u@h/db", **overrides)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "backup_interval_hours", "purge_interval_hours", "retention_trash_days", "retention_tokens_days",
+        "retention_inactive_accounts_days", "retention_audit_days", "retention_backups_days",
+    ],
+)
+def test_a_negative_period_is_refused_not_read_as_off(field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, **{field: -1})  # type: ignore[call-arg]
+    assert invalid_settings(caught.value) == [f"STALWART_{field.upper()}: Input should be greater than or equal to 0"]
+    assert getattr(Settings(_env_file=None, **{field: 0}), field) == 0  # type: ignore[call-arg]

@@ -293,21 +293,21 @@ class Settings(BaseSettings):
     backup_encryption_key: SecretStr | None = None
     """Passphrase (32+ characters) that encrypts new archives (AES-256-GCM, scrypt-derived key)
     and decrypts them on restore; unset or empty: archives are not encrypted."""
-    backup_interval_hours: float = 0.0
+    backup_interval_hours: float = Field(default=0.0, ge=0)
     """Hours between the service's own scheduled backups; 0: none."""
-    retention_trash_days: int = 30
+    retention_trash_days: int = Field(default=30, ge=0)
     """Days a deleted note stays in the trash before the purge deletes it; 0: kept forever."""
-    retention_tokens_days: int = 7
+    retention_tokens_days: int = Field(default=7, ge=0)
     """Days after a token's expiry or revocation before the purge deletes it; 0: kept forever."""
-    retention_inactive_accounts_days: int = 365
+    retention_inactive_accounts_days: int = Field(default=365, ge=0)
     """Age in days after which the purge erases an account that never logged in (admins
     excepted); 0: never."""
-    retention_audit_days: int = 365
+    retention_audit_days: int = Field(default=365, ge=0)
     """Days audit events are kept before the purge deletes them; 0: kept forever."""
-    retention_backups_days: int = 30
+    retention_backups_days: int = Field(default=30, ge=0)
     """Age in days after which the purge deletes an archive, never the newest one; 0: no age
     limit."""
-    purge_interval_hours: float = 24.0
+    purge_interval_hours: float = Field(default=24.0, ge=0)
     """Hours between the service's own scheduled retention purges; 0: none (`stalwart purge`
     still works)."""
     token_ttl_hours: int = Field(default=24 * 30, ge=1)
