@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +22,7 @@ from stalwart.logging_setup import (
     ConsoleFormatter,
     JsonFormatter,
     configure_logging,
+    route_uncaught_exceptions,
     uvicorn_log_config,
 )
 from stalwart.policies.errors import ErrorMiddleware
@@ -381,3 +384,42 @@ def test_production_warnings_carry_no_path_or_source_line() -> None:
     assert line["logger"] == "py.warnings"
     assert line["message"] == f"DeprecationWarning: old call, password={REDACTED}"
     assert "/srv/app" not in stream.getvalue()
+
+
+@pytest.fixture
+def restore_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """route_uncaught_exceptions replaces process-wide hooks: monkeypatch puts them back."""
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+
+
+@pytest.mark.usefixtures("restore_logging", "restore_hooks")
+def test_uncaught_exceptions_are_log_lines_without_a_trace_in_production() -> None:
+    """Python prints these as bare tracebacks on stderr (file paths, library names)."""
+    stream = io.StringIO()
+    configure_logging(settings(log_format="json", env="production", database_url=_PG), stream)
+    route_uncaught_exceptions()
+
+    def fails() -> None:
+        raise RuntimeError("Event loop is closed, password=" + PASSWORD)
+
+    thread = threading.Thread(target=fails, name="worker-1")
+    thread.start()
+    thread.join()
+
+    class Leaky:
+        def __del__(self) -> None:
+            raise ValueError("in __del__, password=" + PASSWORD)
+
+    Leaky()
+    gc.collect()
+    lines = [orjson.loads(raw) for raw in stream.getvalue().splitlines()]
+    assert [(line["logger"], line["message"], line["exception.type"]) for line in lines] == [
+        ("stalwart.uncaught", "uncaught exception in thread worker-1", "RuntimeError"),
+        ("stalwart.uncaught", "exception that could not be raised, in function", "ValueError"),
+    ]
+    text = stream.getvalue()
+    assert "Traceback" not in text
+    assert PASSWORD not in text
+    assert "test_logging_setup.py" not in text
+    assert all(len(line["exception.fingerprint"]) >= 8 for line in lines)

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -245,10 +246,9 @@ async def test_serve_drains_finishes_in_flight_then_runs_lifespan_shutdown(
 
 
 
-async def test_startup_freezes_the_heap_it_built(tmp_path: Path) -> None:
-    """After start-up the app's long-lived objects are out of the collector's sight
-    (server.freeze_startup_heap)."""
-    gc.unfreeze()
+@asynccontextmanager
+async def _started(tmp_path: Path) -> AsyncIterator[GracefulServer]:
+    """A GracefulServer serving tiny_app on a free loopback port, until the block ends."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -260,11 +260,36 @@ async def test_startup_freezes_the_heap_it_built(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.02)
         assert server.started
-        assert gc.get_freeze_count() > 10_000
+        yield server
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=10)
+
+
+async def test_startup_freezes_the_heap_it_built(tmp_path: Path) -> None:
+    """After start-up the app's long-lived objects are out of the collector's sight
+    (server.freeze_startup_heap)."""
+    gc.unfreeze()
+    try:
+        async with _started(tmp_path):
+            assert gc.get_freeze_count() > 10_000
+    finally:
         gc.unfreeze()
+
+
+async def test_startup_routes_uncaught_exceptions_through_logging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thread and `__del__` errors become log records (logging_setup.route_uncaught_exceptions),
+    not bare tracebacks on stderr."""
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    before = (threading.excepthook, sys.unraisablehook)
+    async with _started(tmp_path):
+        hooks = (threading.excepthook, sys.unraisablehook)
+    assert hooks[0] is not before[0]
+    assert hooks[1] is not before[1]
+    assert [hook.__qualname__.split(".")[0] for hook in hooks] == ["route_uncaught_exceptions"] * 2
 
 
 @pytest.mark.parametrize(("fixed", "added"), [(True, 0), (False, 1)])

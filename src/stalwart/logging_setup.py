@@ -30,6 +30,8 @@ import hashlib
 import logging
 import logging.config
 import re
+import sys
+import threading
 from types import TracebackType
 from typing import IO, Any
 
@@ -43,6 +45,7 @@ __all__ = [
     "ConsoleFormatter",
     "JsonFormatter",
     "configure_logging",
+    "route_uncaught_exceptions",
     "uvicorn_log_config",
 ]
 
@@ -206,3 +209,31 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
     """Configure stdlib logging for this process from `settings` (idempotent)."""
     logging.config.dictConfig(uvicorn_log_config(settings, stream))
     logging.captureWarnings(True)
+
+
+def route_uncaught_exceptions() -> None:
+    """Send exceptions nothing caught through the configured formatter, not to raw stderr.
+
+    Python prints them (a thread that raised, an error in `__del__` or in a callback of a closed
+    event loop) as a bare traceback on stderr, which in production would put a stack trace and
+    file paths in the log. As log records they get the formatter's treatment: redacted, and in
+    production the exception's class and fingerprint only.
+    """
+    uncaught = logging.getLogger("stalwart.uncaught")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "unknown"
+        exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+        uncaught.error("uncaught exception in thread %s", name, exc_info=exc_info)
+
+    def unraisable_hook(args: sys.UnraisableHookArgs) -> None:
+        exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+        # `object` is whatever raised (a method, a coroutine): its type says enough and its repr
+        # may hold data.
+        where = type(args.object).__name__ if args.object is not None else "unknown"
+        uncaught.error("exception that could not be raised, in %s", where, exc_info=exc_info)
+
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook

@@ -193,8 +193,12 @@ class GracefulServer(Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         # Warnings through the configured formatter (uvicorn's log_config does not route them):
-        # one JSON line, and in production no file path or source line.
+        # one JSON line, and in production no file path or source line. The same for exceptions
+        # nothing caught (threads, `__del__`), which Python prints as bare tracebacks.
+        from stalwart.logging_setup import route_uncaught_exceptions  # here: workers import this module light
+
         logging.captureWarnings(True)
+        route_uncaught_exceptions()
         await super().startup(sockets=sockets)
         if self.started:
             freeze_startup_heap()
