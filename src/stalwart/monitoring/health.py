@@ -199,11 +199,6 @@ class HealthChecker:
     async def close(self) -> None:
         future = self._inflight
         if future is not None and not future.done():
-            # Let a running check end by itself (each ping is bounded by the check timeout):
-            # cancelled mid-query, a SQLite connection is torn down on its own thread, which can
-            # outlive the event loop the check ran on.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(future), self.settings.health_check_timeout + 1.0)
             future.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await future
