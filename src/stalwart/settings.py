@@ -402,6 +402,18 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{(self.data_dir / 'stalwart.db').resolve()}"
 
     @property
+    def db_command_timeout(self) -> float:
+        """Client-side bound on one PostgreSQL command (asyncpg `command_timeout`), in seconds.
+
+        `statement_timeout` is enforced by the server, so it cannot end a wait on a server or
+        network that stopped answering (a stalled host, a black-holed route): without this,
+        such a request waits until the kernel gives up on the socket (minutes). Past the
+        statement timeout, so a slow query still gets the server's own, cleaner cancellation.
+        """
+        statement = self.db_statement_timeout_ms / 1000 if self.db_statement_timeout_ms else 30.0
+        return statement + self.db_pool_timeout
+
+    @property
     def effective_backup_dir(self) -> Path:
         return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
 

@@ -64,6 +64,7 @@ class Database:
                 pool_pre_ping=True,
                 connect_args={
                     "timeout": settings.db_pool_timeout,
+                    "command_timeout": settings.db_command_timeout,
                     "server_settings": {
                         "statement_timeout": str(settings.db_statement_timeout_ms),
                         "application_name": settings.service_id,

@@ -208,6 +208,7 @@ class AsyncpgReads:
             min_size=0,
             max_size=self.settings.db_pool_size,
             timeout=self.settings.db_pool_timeout,
+            command_timeout=self.settings.db_command_timeout,
             # Enforced by the server: no client-side timer per query.
             server_settings={
                 "application_name": self.settings.service_id + "-reads",
