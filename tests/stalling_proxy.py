@@ -3,6 +3,7 @@
 `stall()` keeps every connection open and accepts new ones, but forwards nothing either way:
 what a peer sees when the host it talks to is frozen or a route black-holes its packets.
 The server's own timeouts (statement_timeout) cannot fire then; only the client's can.
+`drop()` resets every connection at once, in the middle of whatever they were doing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ class StallingProxy:
         self._flowing.clear()
 
     def resume(self) -> None:
+        self._flowing.set()
+
+    def drop(self) -> None:
+        """Reset every open connection (a restarted server, a dropped route) and flow again."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
         self._flowing.set()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,4 +1,5 @@
-"""A database that stops answering (frozen host, black-holed route) gives a 503, never a hang.
+"""A database that stops answering (frozen host, black-holed route) or drops its connections
+mid-query gives a 503, never a hang or a 500.
 
 PostgreSQL's statement_timeout cannot help here: the server never sees the query, or its
 answer never arrives. Only a client-side bound ends the wait.
@@ -6,6 +7,7 @@ answer never arrives. Only a client-side bound ends the wait.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -73,3 +75,25 @@ async def test_requests_on_pooled_connections_get_503_when_the_database_stops_an
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["request_id"]
     assert elapsed < 15
+
+
+async def test_connections_dropped_mid_query_get_503_not_500(
+    proxied_app: FastAPI, proxy: StallingProxy
+) -> None:
+    transport = httpx.ASGITransport(app=proxied_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        account = await signup(c)
+        assert (await c.get("/api/v1/notes", headers=account.headers)).status_code == 200
+        proxy.stall()
+        # The token lookup (hot-read pool) is sent and waits for its answer...
+        pending = asyncio.ensure_future(c.get("/api/v1/notes", headers=account.headers))
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        proxy.drop()  # ...when the server's end of the connection goes away.
+        with anyio.fail_after(30):
+            response = await pending
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "2"
+        # And the pool recovers by itself once the database answers again.
+        assert (await c.get("/api/v1/notes", headers=account.headers)).status_code == 200

@@ -191,6 +191,8 @@ class AsyncpgReads:
         self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.settings = settings
         self.pool: Any = None
+        self.unavailable: tuple[type[Exception], ...] = ()
+        self.acquire_failures: tuple[type[Exception], ...] = (TimeoutError, OSError)
         self.token_sql = _compile(TOKEN_LOOKUP)
         self.get_sql = _compile(NOTE_GET)
         self.list_sql = {
@@ -202,6 +204,15 @@ class AsyncpgReads:
     async def start(self) -> None:
         import asyncpg
 
+        # The server going away or refusing work, not a fault of the query: a connection
+        # closed mid-query or lost (class 08), shutdown, cancelled on statement_timeout or
+        # refusing connections (57), out of connections or memory (53).
+        self.unavailable = (
+            asyncpg.PostgresConnectionError,
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InsufficientResourcesError,
+        )
+        self.acquire_failures = (TimeoutError, OSError, *self.unavailable)
         self.pool = await asyncpg.create_pool(
             self.dsn,
             # No connection at start-up: the service starts (and reports 503) with the database down.
@@ -221,13 +232,18 @@ class AsyncpgReads:
         pool = self.pool
         # asyncpg runs a timed acquire (and then its release) through wait_for, a new task
         # each; asyncio.timeout bounds the wait with one timer and no task.
+        unavailable = self.unavailable
         try:
             async with asyncio.timeout(self.settings.db_pool_timeout):
                 conn = await pool.acquire()
-        except (TimeoutError, OSError) as exc:
+        except self.acquire_failures as exc:
             raise DatabaseUnavailable("no database connection available") from exc
         try:
             return list(await conn.fetch(compiled.sql, *args))
+        except unavailable as exc:
+            # asyncpg's own classes, which the engine path's SQLAlchemy wrapping would have
+            # made OperationalError/InterfaceError (503): without this, a 500.
+            raise DatabaseUnavailable("the database connection failed") from exc
         finally:
             await pool.release(conn)
 
