@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from stalwart.app import create_app
 from stalwart.ops.admins import create_or_promote_admin
 from stalwart.ops.scheduler import Lifecycle
 from stalwart.settings import Settings
-from tests.conftest import Account
+from tests.conftest import Account, make_settings, signup
 
 pytestmark = pytest.mark.anyio
 
@@ -157,3 +158,25 @@ async def test_openapi_documents_the_backup_endpoints(client: httpx.AsyncClient)
     assert set(start["responses"]) >= {"202", "401", "403", "409"}
     download = spec["paths"]["/api/v1/admin/backups/{name}"]["get"]
     assert "application/x-tar" in download["responses"]["200"]["content"]
+
+
+async def test_starting_a_backup_while_the_redis_lock_is_down_is_503(tmp_path: Path, database_url: str) -> None:
+    # Nothing listens on port 1: the Redis holding the job locks is down.
+    settings = make_settings(
+        tmp_path, database_url=database_url, redis_url="redis://127.0.0.1:1/0", scheduler_lock="redis",
+        redis_timeout=0.3,
+    )
+    application = create_app(settings)
+    transport = httpx.ASGITransport(app=application)
+    async with application.router.lifespan_context(application), httpx.AsyncClient(
+        transport=transport, base_url="http://t"
+    ) as c:
+        admin = await signup(c, "admin")
+        await _admin(application, admin)
+        r = await c.post("/api/v1/admin/backups", headers=admin.headers)
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["retry-after"] == "2"
+        assert r.json()["request_id"]
+        assert "redis" not in r.text.lower()
+        assert not _lifecycle(application).backup_running

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from stalwart.data.engine import Database
+from stalwart.data.errors import DependencyUnavailable
 from stalwart.ops.locks import FileLock, PostgresLock, RedisLock, advisory_key, make_lock
 from tests.conftest import REDIS_URL, PostgresDatabase, make_settings
 
@@ -123,3 +124,13 @@ async def test_make_lock_picks_the_backend(tmp_path: Path, redis: Redis) -> None
     forced = make_settings(tmp_path).model_copy(update={"scheduler_lock": "postgres"})
     with pytest.raises(ValueError, match="needs a PostgreSQL database_url"):
         make_lock(forced, Database(forced), None, "purge")
+
+
+async def test_redis_lock_down_is_unavailable_not_busy_and_not_a_crash() -> None:
+    # Nothing listens on port 1: a Redis that is down.
+    down = Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(DependencyUnavailable):
+            await RedisLock(down, "stalwart-test:lock:backup").acquire()
+    finally:
+        await down.aclose()

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from stalwart.data.engine import Database
+from stalwart.data.errors import DependencyUnavailable
 from stalwart.settings import Settings
 
 __all__ = ["FileLock", "JobLock", "PostgresLock", "RedisLock", "make_lock"]
@@ -94,7 +95,13 @@ class RedisLock:
 
     async def acquire(self) -> bool:
         token = secrets.token_hex(16)
-        if not await self.redis.set(self.key, token, nx=True, px=self.ttl_ms):
+        try:
+            taken = await self.redis.set(self.key, token, nx=True, px=self.ttl_ms)
+        except (RedisError, OSError) as exc:
+            # Not "busy": nobody may hold it. redis-py's errors are not the builtin
+            # ConnectionError/TimeoutError, so without this an admin's backup request got a 500.
+            raise DependencyUnavailable(f"job lock {self.key}: Redis unavailable") from exc
+        if not taken:
             return False
         self.token = token
         self.renewer = asyncio.create_task(self._renew(), name=f"lock-renew:{self.key}")

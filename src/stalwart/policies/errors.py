@@ -111,7 +111,7 @@ async def _validation_exception(request: Request, exc: Exception) -> Response:
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     logger.error(
-        "database unavailable: %s", type(exc).__name__,
+        "dependency unavailable: %s", type(exc).__name__,
         extra={"request.id": getattr(request.state, "request_id", None), "url.path": request.url.path},
     )
     return ProblemResponse(
