@@ -134,3 +134,24 @@ async def test_redis_lock_down_is_unavailable_not_busy_and_not_a_crash() -> None
             await RedisLock(down, "stalwart-test:lock:backup").acquire()
     finally:
         await down.aclose()
+
+
+async def test_releasing_a_redis_lock_never_swallows_the_callers_cancellation(
+    redis: Redis, redis_prefix: str
+) -> None:
+    lock = RedisLock(redis, f"{redis_prefix}lock:purge", ttl_ms=60_000)
+    assert await lock.acquire()
+
+    async def scheduler_loop() -> None:
+        # Lifecycle._loop: the job's `finally` releases the lock, then the loop sleeps until
+        # the next run (up to an hour).
+        await lock.release()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(scheduler_loop())
+    await asyncio.sleep(0)  # the task is now in release(), waiting for the renewer to stop
+    task.cancel()  # shutdown: asyncio.run and anyio cancel a task once
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done, "the cancellation was swallowed: the task went on to sleep"
+    assert task.cancelled()
+    assert await redis.exists(lock.key) == 0  # released all the same

@@ -123,16 +123,24 @@ class RedisLock:
 
     async def release(self) -> None:
         renewer, self.renewer = self.renewer, None
-        if renewer is not None:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-        if self.token:
-            token, self.token = self.token, ""
-            try:
-                await self.redis.eval(_RELEASE, 1, self.key, token)
-            except (RedisError, OSError) as exc:  # the key expires with its TTL anyway
-                logger.warning("lock %s: release failed: %s", self.key, exc)
+        try:
+            if renewer is not None:
+                renewer.cancel()
+                # asyncio.wait, not `await renewer` under suppress(CancelledError): that also
+                # swallowed a cancellation of the task releasing the lock, which then went on
+                # (the scheduler loop to its hour-long sleep) as if never cancelled.
+                await asyncio.wait({renewer})
+                if not renewer.cancelled():
+                    with contextlib.suppress(Exception):
+                        renewer.exception()  # retrieved: logged by _renew already if it matters
+        finally:
+            # Even when cancelled meanwhile: one call, bounded by the client's socket timeout.
+            if self.token:
+                token, self.token = self.token, ""
+                try:
+                    await self.redis.eval(_RELEASE, 1, self.key, token)
+                except (RedisError, OSError) as exc:  # the key expires with its TTL anyway
+                    logger.warning("lock %s: release failed: %s", self.key, exc)
 
 
 class FileLock:
