@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -47,3 +48,28 @@ async def test_the_in_process_note_cache_is_off_when_workers_cannot_share_it(
         assert isinstance(resources.db.reads, CachedReads) is cached
     finally:
         await resources.close()
+
+
+async def test_nothing_outlives_close_when_health_checks_time_out(tmp_path: Path, sqlite_template: Path) -> None:
+    # A health-check timeout short enough to cancel the database ping while its SQLite
+    # connection is being opened (what a loaded machine does with the default 1 s). The
+    # connection's teardown then ran on after close(), and the event loop's cancellation at
+    # exit could hang for good on it (the test runner's "Runner is closed" flake).
+    database = tmp_path / "data" / "stalwart.db"
+    database.parent.mkdir(parents=True)
+    shutil.copy(sqlite_template, database)
+    settings = make_settings(
+        tmp_path, database_url=f"sqlite+aiosqlite:///{database}", health_check_timeout=0.002,
+        health_cache_seconds=0,
+    )
+    before = asyncio.all_tasks()
+    for _ in range(100):
+        resources = Resources.create(settings)
+        await resources.start()
+        assert resources.monitoring is not None
+        in_flight = asyncio.ensure_future(resources.monitoring.health.dependency_checks())
+        await asyncio.sleep(0.001)
+        await resources.close()
+        await asyncio.wait({in_flight})
+        left = {task for task in asyncio.all_tasks() - before if not task.done()}
+        assert left == set(), left

@@ -6,7 +6,9 @@ draft-inadarei-api-health-check: `status` pass/warn/fail, `version`, `releaseId`
 word when a check fails: never an exception message, which could name a host).
 
 The dependency checks (database, Redis) run concurrently, each bounded by
-`health_check_timeout`; disk and memory are read at the same time. The result is kept for
+`health_check_timeout`; disk and memory are read at the same time. A ping that times out is
+reported at once but left to end on the driver's own timeouts (never cancelled part-way), and
+`close()` waits for it before the pools are closed. The result is kept for
 `health_cache_seconds`, and concurrent probes share one check in progress (single flight),
 so a flood of probes costs the database at most one `SELECT 1` per second. Whether the
 service is shutting down is read on every probe: readiness turns 503 at once.
@@ -23,7 +25,7 @@ Statuses:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +36,7 @@ from typing import Any, Literal
 import psutil
 
 from stalwart import __version__
+from stalwart.background import cancel_all
 from stalwart.policies.timestamps import utc_timestamp
 from stalwart.settings import Settings
 
@@ -43,6 +46,8 @@ HEALTH_CONTENT_TYPE = "application/health+json"
 Status = Literal["pass", "warn", "fail"]
 _RANK: dict[str, int] = {"pass": 0, "warn": 1, "fail": 2}
 _MIB = 1024 * 1024
+# How long close() lets a ping still running end by itself.
+_CLOSE_GRACE_SECONDS = 2.0
 
 
 def worst(statuses: list[str]) -> Status:
@@ -91,6 +96,10 @@ class HealthReport:
 Ping = Callable[[], Awaitable[Any]]
 
 
+async def _call(ping: Ping) -> Any:
+    return await ping()
+
+
 def _existing(path: Path) -> Path:
     """`path` or its nearest existing parent (the data folder may not exist yet)."""
     path = path.resolve()
@@ -111,6 +120,8 @@ class HealthChecker:
         self._cached: dict[str, Check] | None = None
         self._cached_at = -1.0e9
         self._inflight: asyncio.Future[dict[str, Check]] | None = None
+        # The ping running for each dependency (at most one each; see _timed).
+        self._pings: dict[str, asyncio.Task[Any]] = {}
         self.runs = 0  # checks actually run (not served from the cache), for tests and metrics
 
     def bind(
@@ -122,13 +133,32 @@ class HealthChecker:
 
     async def _timed(self, ping: Ping, component: str) -> tuple[float, str | None]:
         started = time.perf_counter()
-        try:
-            await asyncio.wait_for(ping(), self.settings.health_check_timeout)
-        except TimeoutError:
-            return (time.perf_counter() - started) * 1000, "timeout"
-        except Exception:  # any failure of the dependency reads as "unreachable", nothing more
-            return (time.perf_counter() - started) * 1000, "unreachable"
-        return (time.perf_counter() - started) * 1000, None
+        task = self._pings.get(component)
+        if task is None:
+            # A task of its own that the timeout does not cancel. Cancelling a database call
+            # part-way makes SQLAlchemy close the connection in a shielded task of its own,
+            # which nothing waited for: it outlived close() and the pool's disposal, and a
+            # second cancellation (the event loop's at exit) stopped the aiosqlite thread
+            # under it, so it never finished (the loop's shutdown hung). Left running, the
+            # ping ends on the driver's own timeouts; while it runs, later checks wait on it
+            # instead of piling up more pings on a stalled dependency.
+            task = asyncio.create_task(_call(ping), name=f"health-ping:{component}")
+            self._pings[component] = task
+            task.add_done_callback(functools.partial(self._ping_done, component))
+        done, _ = await asyncio.wait({task}, timeout=self.settings.health_check_timeout)
+        elapsed = (time.perf_counter() - started) * 1000
+        if not done:
+            return elapsed, "timeout"
+        if task.cancelled() or task.exception() is not None:
+            # Any failure of the dependency reads as "unreachable", nothing more.
+            return elapsed, "unreachable"
+        return elapsed, None
+
+    def _ping_done(self, component: str, task: asyncio.Task[Any]) -> None:
+        if self._pings.get(component) is task:
+            del self._pings[component]
+        if not task.cancelled():
+            task.exception()  # retrieved: its outcome is the check's, reported by _timed
 
     async def _run(self) -> dict[str, Check]:
         self.runs += 1
@@ -200,5 +230,12 @@ class HealthChecker:
         future = self._inflight
         if future is not None and not future.done():
             future.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await future
+            # asyncio.wait: a cancellation of close() itself must not be swallowed.
+            await asyncio.wait({future})
+        pings = [task for task in self._pings.values() if not task.done()]
+        if pings:
+            # Let them end on their own (see _timed) before the pools they use are closed;
+            # cancelled only if the dependency hangs past the grace period.
+            _, late = await asyncio.wait(pings, timeout=_CLOSE_GRACE_SECONDS)
+            if late:
+                await cancel_all(late)
