@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 
@@ -14,6 +15,7 @@ from stalwart.data.engine import Database
 from stalwart.data.errors import DependencyUnavailable
 from stalwart.ops.locks import FileLock, PostgresLock, RedisLock, advisory_key, make_lock
 from tests.conftest import REDIS_URL, PostgresDatabase, make_settings
+from tests.stalling_proxy import StallingProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -155,3 +157,25 @@ async def test_releasing_a_redis_lock_never_swallows_the_callers_cancellation(
     assert task in done, "the cancellation was swallowed: the task went on to sleep"
     assert task.cancelled()
     assert await redis.exists(lock.key) == 0  # released all the same
+
+
+async def test_releasing_a_postgres_lock_ends_when_the_database_stops_answering(
+    tmp_path: Path, postgres_db: PostgresDatabase
+) -> None:
+    proxy = await StallingProxy("127.0.0.1", 5432).start()
+    try:
+        url = postgres_db.url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        settings = make_settings(tmp_path, database_url=url, db_statement_timeout_ms=300, db_pool_timeout=0.2)
+        lock = make_lock(settings, Database(settings), None, f"job-{uuid.uuid4().hex}")
+        assert await lock.acquire()
+        proxy.stall()  # the job runs; the database host freezes meanwhile
+        with anyio.fail_after(10):
+            await lock.release()  # before: waited for an answer that never came
+    finally:
+        await proxy.close()
+    # The session is gone, and its advisory lock with it.
+    again = PostgresLock(postgres_db.url.replace("+asyncpg", ""), lock.name)
+    with anyio.fail_after(10):
+        while not await again.acquire():
+            await asyncio.sleep(0.1)
+    await again.release()

@@ -48,20 +48,28 @@ def advisory_key(name: str) -> int:
 
 
 class PostgresLock:
-    def __init__(self, dsn: str, name: str) -> None:
+    def __init__(self, dsn: str, name: str, command_timeout: float = 15.0) -> None:
         self.dsn = dsn
         self.name = name
         self.key = advisory_key(name)
         self.conn: Any = None
+        # The lock's connection lives as long as the job (a backup: minutes). A database that
+        # stops answering meanwhile must not hang the unlock forever: the job would count as
+        # running (409 to every backup request) until the process restarts.
+        self.command_timeout = command_timeout
 
     async def acquire(self) -> bool:
         import asyncpg
 
-        conn = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=10, command_timeout=self.command_timeout)
+        except asyncpg.PostgresError as exc:  # refused by the server (too many clients, starting)
+            raise DependencyUnavailable(f"job lock {self.name}: database refused") from exc
         try:
             got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
         except BaseException:
-            await conn.close()
+            # Not close(): it waits for the server, which may be the thing not answering.
+            conn.terminate()
             raise
         if not got:
             await conn.close()
@@ -75,9 +83,18 @@ class PostgresLock:
             return
         try:
             await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
+        except Exception as exc:  # closing the session below frees the lock anyway
+            logger.warning("lock %s: unlock failed: %s", self.name, type(exc).__name__)
         finally:
-            # Closing the session frees the lock even if the unlock above failed.
-            await conn.close()
+            # Closing the session frees the lock even if the unlock above failed. Bounded: a
+            # server that does not answer gets the connection dropped instead.
+            try:
+                await conn.close(timeout=self.command_timeout)
+            except asyncio.CancelledError:
+                conn.terminate()
+                raise
+            except Exception:  # timed out, or the connection was already gone
+                conn.terminate()
 
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -176,7 +193,7 @@ def make_lock(settings: Settings, db: Database, redis: Redis | None, name: str) 
         if not db.is_postgres:
             raise ValueError("scheduler_lock=postgres needs a PostgreSQL database_url")
         dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return PostgresLock(dsn, name)
+        return PostgresLock(dsn, name, command_timeout=settings.db_command_timeout)
     if kind == "redis":
         if redis is None:
             raise ValueError("scheduler_lock=redis needs redis_url")
