@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -91,3 +94,45 @@ async def test_unhandled_exception_is_500_without_cause(
     assert len(records) == 1
     assert records[0].exc_info is not None
     assert body["request_id"] == getattr(records[0], "request.id")
+
+
+async def test_a_request_cancelled_at_shutdown_gets_a_503_problem(tmp_path: Path) -> None:
+    """The server cancels what is still running when its graceful-shutdown timeout ends (a
+    request stuck on a dependency): the client gets a problem, not uvicorn's plain-text 500."""
+    app = create_app(make_settings(tmp_path))
+    stuck = asyncio.Event()
+
+    async def waits_on_a_stalled_dependency() -> None:
+        stuck.set()
+        await asyncio.sleep(3600)
+
+    app.add_api_route("/stuck", waits_on_a_stalled_dependency)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/stuck", "raw_path": b"/stuck", "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"t"), (b"x-request-id", b"req-stuck-1")],
+        "client": ("203.0.113.7", 40000), "server": ("t", 80),
+    }
+    async with app.router.lifespan_context(app):
+        task = asyncio.create_task(app(scope, receive, send))
+        await asyncio.wait_for(stuck.wait(), 10)
+        task.cancel()  # what uvicorn does once the graceful-shutdown timeout has passed
+        with pytest.raises(asyncio.CancelledError):
+            await task  # the cancellation still goes on
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 503
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert headers[b"retry-after"]
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    problem = orjson.loads(body)
+    assert problem["status"] == 503
+    assert problem["request_id"] == "req-stuck-1"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import traceback
 from typing import Any
@@ -148,6 +150,22 @@ class ErrorMiddleware:
         exchange, send = watch(scope, send)
         try:
             await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            # The server cancels a request still running when its graceful-shutdown timeout
+            # ends: one stuck on a dependency that never answered. uvicorn would answer it with
+            # a plain-text 500; the client gets the 503 problem any other dependency failure
+            # gets (retry elsewhere), then the cancellation goes on.
+            if not exchange.status:
+                with contextlib.suppress(Exception):
+                    await send_problem(
+                        scope,
+                        send,
+                        503,
+                        title="Service Unavailable",
+                        detail="The server stopped before this request completed; retry it.",
+                        headers=[(b"retry-after", b"2")],
+                    )
+            raise
         except Exception as exc:
             state = scope.get("state") or {}
             logger.error(
