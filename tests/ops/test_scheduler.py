@@ -192,3 +192,58 @@ async def test_a_failed_verification_is_logged_without_the_tools_message(
     assert record.getMessage() == "backup verification failed: PgToolError"
     assert record.__dict__["backup.archive"] == list_archives(settings)[0].name
     assert "secret-row" not in caplog.text
+
+
+_BLOCKED_VERIFY_SCRIPT = """
+import asyncio, sys, threading
+from pathlib import Path
+import stalwart.ops.scheduler as scheduler
+from stalwart.app import create_app
+from stalwart.settings import Settings
+
+entered = threading.Event()
+
+def verify_on_a_stalled_database(settings, path):
+    entered.set()
+    threading.Event().wait()  # a scratch-database call to a server that never answers
+
+scheduler.verify_archive = verify_on_a_stalled_database
+
+async def main():
+    settings = Settings(_env_file=None, env="test", data_dir=Path(sys.argv[1]),
+                        database_url=sys.argv[2], argon2_time_cost=1, argon2_memory_kib=64,
+                        argon2_parallelism=1, rate_limit_backend="memory")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        assert await app.state.resources.lifecycle.start_backup(actor="test")
+        while not entered.is_set():
+            await asyncio.sleep(0.05)
+    print("lifespan closed", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_process_exits_while_a_backup_verification_is_blocked(tmp_path: Path, sqlite_template: Path) -> None:
+    """SIGTERM during a backup's verification against a database that stopped answering: the
+    graceful shutdown finished, but the process then waited for the verification thread at
+    exit, for as long as the database stayed stalled."""
+    import shutil
+    import subprocess
+    import sys
+
+    database = tmp_path / "data" / "stalwart.db"
+    database.parent.mkdir(parents=True)
+    shutil.copy(sqlite_template, database)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED_VERIFY_SCRIPT, str(tmp_path / "data"), f"sqlite+aiosqlite:///{database}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the process did not exit; it printed {out!r}")
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"lifespan closed" in out

@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
-import anyio.to_thread
 from sqlalchemy import func, select
 
-from stalwart.background import cancel_all
+from stalwart.background import cancel_all, run_in_daemon_thread
 from stalwart.data.models import AuditEvent
 from stalwart.data.types import utcnow
 from stalwart.ops.archive import ArchiveError
@@ -138,7 +137,9 @@ class Lifecycle:
         verified: bool | None = None
         if self.settings.backup_verify:
             try:
-                await anyio.to_thread.run_sync(verify_archive, self.settings, result.path)
+                # A daemon thread: the verification talks to the database without a bound,
+                # and a process stopping meanwhile must not wait for it at exit.
+                await run_in_daemon_thread(verify_archive, self.settings, result.path)
                 verified = True
             except (ArchiveError, PgToolError) as exc:
                 verified = False
