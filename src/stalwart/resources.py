@@ -23,10 +23,14 @@ from stalwart.settings import Settings
 if TYPE_CHECKING:
     from stalwart.ops.scheduler import Lifecycle
 
-__all__ = ["Resources"]
+__all__ = ["CLOSE_SECONDS_MAX", "Resources"]
 
 logger = logging.getLogger("stalwart.resources")
 _CLOSE_TIMEOUT = 5.0
+# The longest close() can take: its four bounded steps. A platform's stop timeout (compose
+# stop_grace_period, Kubernetes terminationGracePeriodSeconds) must leave room for it after
+# the drain and the in-flight timeout, or the process is killed before the pools are closed.
+CLOSE_SECONDS_MAX = 4 * _CLOSE_TIMEOUT
 
 
 @dataclass

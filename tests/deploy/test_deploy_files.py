@@ -28,6 +28,7 @@ import pytest
 import trustme
 import yaml
 
+from stalwart.resources import CLOSE_SECONDS_MAX
 from stalwart.settings import Settings, production_problems
 from tests.conftest import require_service
 from tests.e2e.loadbalancer import NGINX, Nginx, render_nginx_conf
@@ -246,7 +247,7 @@ def test_compose_runs_three_replicas_behind_nginx() -> None:
         assert not [name for name in env if SECRET_WORDS.search(name)], env
         drain = float(env["STALWART_SHUTDOWN_DRAIN_SECONDS"])
         timeout = float(env["STALWART_SHUTDOWN_TIMEOUT_SECONDS"])
-        assert _seconds(app["stop_grace_period"]) > drain + timeout
+        assert _seconds(app["stop_grace_period"]) > drain + timeout + CLOSE_SECONDS_MAX
     # The instances trust nginx's fixed address, and only it.
     nginx = services["nginx"]
     nginx_ip = nginx["networks"]["backend"]["ipv4_address"]
@@ -333,7 +334,7 @@ def test_k8s_deployment_probes_drain_resources_and_security() -> None:
     drain = float(config["STALWART_SHUTDOWN_DRAIN_SECONDS"])
     timeout = float(config["STALWART_SHUTDOWN_TIMEOUT_SECONDS"])
     assert pre_stop == drain
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + timeout
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + timeout + CLOSE_SECONDS_MAX
 
     resources = container["resources"]
     assert set(resources["requests"]) == {"cpu", "memory"} == set(resources["limits"])
