@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -34,3 +35,25 @@ async def test_a_task_that_swallows_one_cancellation_is_still_stopped() -> None:
     assert swallowed == 1
     assert all(task.done() for task in tasks)
     assert tasks[0].cancelled()
+
+
+async def test_a_task_that_never_stops_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    stop = asyncio.Event()
+
+    async def immortal() -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue
+
+    task = asyncio.create_task(immortal(), name="immortal-job")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="stalwart.background"):
+        await cancel_all([task], rounds=3, wait=0.01)
+    assert [r.getMessage() for r in caplog.records if r.name == "stalwart.background"] == [
+        "1 background task(s) still running after being cancelled: immortal-job"
+    ]
+    stop.set()
+    task.cancel()
+    await asyncio.wait({task})

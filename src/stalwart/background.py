@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import ParamSpec, TypeVar
 
 __all__ = ["cancel_all", "run_in_daemon_thread"]
+
+logger = logging.getLogger("stalwart.background")
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -35,6 +38,12 @@ async def cancel_all(tasks: Iterable[asyncio.Task[object]], rounds: int = 50, wa
         finished, pending = await asyncio.wait(pending, timeout=wait)
         done |= finished
         rounds -= 1
+    if pending:
+        # Nothing more to do about them here, but an operator should know what keeps running.
+        logger.warning(
+            "%d background task(s) still running after being cancelled: %s",
+            len(pending), ", ".join(sorted(task.get_name() for task in pending)),
+        )
     for task in done:  # retrieve outcomes so none is reported as never retrieved
         if not task.cancelled():
             with contextlib.suppress(Exception):

@@ -66,3 +66,25 @@ async def test_performance_log_can_be_turned_off(
             "stalwart-monitor-sampler", "stalwart-monitor-alerts", "stalwart-monitor-publisher"
         }
     assert metric_lines == []
+
+
+async def test_stop_never_swallows_its_own_cancellation(tmp_path: Path) -> None:
+    """A shutdown that gives up on stop() (a bounded close step) must see it end cancelled."""
+    from stalwart.monitoring.service import Monitoring
+
+    monitoring = Monitoring(make_settings(tmp_path))
+
+    async def slow_read() -> list[dict[str, object]]:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # still tidying up when stop() is cancelled
+        return []
+
+    monitoring._others_inflight = asyncio.ensure_future(slow_read())
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(monitoring.stop())
+    await asyncio.sleep(0.1)
+    stopping.cancel()
+    await asyncio.wait({stopping}, timeout=2)
+    assert stopping.cancelled()

@@ -145,8 +145,9 @@ class Monitoring:
         future = self._others_inflight
         if future is not None and not future.done():
             future.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await future
+            # asyncio.wait, not `await future`: a cancellation of stop() itself must not be
+            # swallowed with the future's own.
+            await asyncio.wait({future})
 
     # --- this process ------------------------------------------------------------------------
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
