@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -179,3 +180,20 @@ async def test_releasing_a_postgres_lock_ends_when_the_database_stops_answering(
         while not await again.acquire():
             await asyncio.sleep(0.1)
     await again.release()
+
+
+async def test_a_failed_release_is_logged_by_error_type_not_the_clients_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis-py's messages name the host and port it could not reach."""
+    client = Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5, socket_connect_timeout=0.5)
+    lock = RedisLock(client, "stalwart-test:released")
+    lock.token = "held-by-this-instance"
+    try:
+        with caplog.at_level(logging.WARNING, logger="stalwart.ops"):
+            await lock.release()
+    finally:
+        await client.aclose()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "stalwart.ops"]
+    assert line == "lock stalwart-test:released: release failed: ConnectionError"
+    assert "127.0.0.1" not in caplog.text

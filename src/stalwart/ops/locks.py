@@ -132,7 +132,7 @@ class RedisLock:
                 renewed = await self.redis.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))
             except (RedisError, OSError) as exc:
                 # Keep trying: two more chances before the TTL runs out.
-                logger.warning("lock %s: renewal failed: %s", self.key, exc)
+                logger.warning("lock %s: renewal failed: %s", self.key, type(exc).__name__)
                 continue
             if not renewed:
                 logger.warning("lock %s expired while held; another instance may run the job", self.key)
@@ -157,7 +157,7 @@ class RedisLock:
                 try:
                     await self.redis.eval(_RELEASE, 1, self.key, token)
                 except (RedisError, OSError) as exc:  # the key expires with its TTL anyway
-                    logger.warning("lock %s: release failed: %s", self.key, exc)
+                    logger.warning("lock %s: release failed: %s", self.key, type(exc).__name__)
 
 
 class FileLock:
