@@ -20,7 +20,7 @@ from stalwart.data.types import utcnow
 from stalwart.ops.backup import list_archives
 from stalwart.ops.scheduler import Lifecycle
 from stalwart.settings import Settings
-from tests.conftest import REDIS_URL, make_settings
+from tests.conftest import PG_ADMIN_DSN, REDIS_URL, PostgresDatabase, make_settings
 from tests.ops.helpers import at
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +45,6 @@ def _lifecycle(application: FastAPI) -> Lifecycle:
 @pytest.fixture(params=["postgres", "redis", "file"])
 def shared_settings(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Settings:
     if request.param == "postgres":
-        from tests.conftest import PostgresDatabase
 
         pg: PostgresDatabase = request.getfixturevalue("postgres_db")
         pg.truncate()
@@ -247,3 +246,87 @@ def test_the_process_exits_while_a_backup_verification_is_blocked(tmp_path: Path
         pytest.fail(f"the process did not exit; it printed {out!r}")
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"lifespan closed" in out
+
+
+_SLOW_PG_VERIFY_SCRIPT = """
+import asyncio, sys, threading
+from pathlib import Path
+import stalwart.ops.restore as restore
+from stalwart.app import create_app
+from stalwart.settings import Settings
+
+loading = threading.Event()
+real_load = restore._load_postgres
+
+def load_a_large_dump(*args, **kwargs):
+    loading.set()
+    threading.Event().wait(3)  # a big dump takes a while to load into the scratch database
+    return real_load(*args, **kwargs)
+
+restore._load_postgres = load_a_large_dump
+
+async def main():
+    settings = Settings(_env_file=None, env="test", data_dir=Path(sys.argv[1]),
+                        database_url=sys.argv[2], argon2_time_cost=1, argon2_memory_kib=64,
+                        argon2_parallelism=1, rate_limit_backend="memory")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        assert await app.state.resources.lifecycle.start_backup(actor="test")
+        while not loading.is_set():
+            await asyncio.sleep(0.05)
+    print("lifespan closed", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_verification_abandoned_at_exit_leaves_no_scratch_database(
+    tmp_path: Path, postgres_db: PostgresDatabase
+) -> None:
+    """SIGTERM while a backup's verification loads the dump into its scratch database: the
+    process exits without the verification thread (background.run_in_daemon_thread), so its own
+    `finally` never dropped the scratch database; a full copy of the data stayed on the server,
+    one more with every such restart."""
+    import subprocess
+    import sys
+
+    import asyncpg
+
+    prefix = f"{postgres_db.name[:30]}_verify_"
+
+    async def scratch_databases() -> list[str]:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            rows = await conn.fetch("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", prefix)
+        finally:
+            await conn.close()
+        return [row["datname"] for row in rows]
+
+    assert asyncio.run(scratch_databases()) == []
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PG_VERIFY_SCRIPT, str(tmp_path / "data"), postgres_db.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the process did not exit; it printed {out!r}")
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"lifespan closed" in out
+    left = asyncio.run(scratch_databases())
+    if left:  # not to leave them to the next runs either
+        for name in left:
+            asyncio.run(_drop(name))
+    assert left == []
+
+
+async def _drop(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

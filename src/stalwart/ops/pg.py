@@ -148,8 +148,10 @@ def create_database(url: URL, name: str) -> None:
     asyncio.run(_admin(url, f"CREATE DATABASE {quote_ident(name)}"))
 
 
-def drop_database(url: URL, name: str) -> None:
-    asyncio.run(_admin(url, f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)"))
+def drop_database(url: URL, name: str, timeout: float | None = None) -> None:
+    """Drop `name` (its sessions too); `timeout` bounds the whole call (default: unbounded)."""
+    sql = f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)"
+    asyncio.run(asyncio.wait_for(_admin(url, sql), timeout))
 
 
 def ensure_database(url: URL) -> bool:

@@ -14,8 +14,11 @@ revoked (a revocation made after the archive would otherwise be undone).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import secrets
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,6 +211,38 @@ def _remember(settings: Settings, path: Path, ok: bool, detail: str) -> None:
         record_verification(path, ok, detail)
 
 
+class _ScratchDatabases:
+    """The scratch databases of PostgreSQL verifications still running in this process.
+
+    The scheduler verifies in a daemon thread (background.run_in_daemon_thread), which a process
+    that exits abandons mid-verification, `finally` included: without the drop at exit below,
+    the scratch database (a full copy of the data) stayed on the server for good."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held while one is created: none appears after the drop
+        self.databases: dict[str, URL] = {}
+        self.exiting = False
+
+    def drop_at_exit(self) -> None:
+        # Bounded: a database that stops answering must not keep the process from exiting.
+        if not self.lock.acquire(timeout=_SCRATCH_DROP_SECONDS):
+            return
+        try:
+            self.exiting = True
+            left = list(self.databases.items())
+            self.databases.clear()
+        finally:
+            self.lock.release()
+        for name, url in left:
+            with contextlib.suppress(Exception):
+                pg.drop_database(url, name, timeout=_SCRATCH_DROP_SECONDS)
+
+
+_SCRATCH_DROP_SECONDS = 5.0
+_scratch = _ScratchDatabases()
+atexit.register(_scratch.drop_at_exit)
+
+
 def verify_archive(settings: Settings, path: Path) -> VerifyReport:
     """Checksum, decryptability, and a restore into a scratch database matching the manifest."""
     try:
@@ -231,13 +266,23 @@ def _verify_postgres(settings: Settings, data: Path, manifest: Manifest, work: P
         # Any reachable server will do for a scratch database; without one, stop here.
         raise ArchiveError("verifying a PostgreSQL archive needs STALWART_DATABASE_URL on PostgreSQL")
     scratch = f"{(url.database or 'stalwart')[:30]}_verify_{secrets.token_hex(4)}"
-    pg.create_database(url, scratch)
+    with _scratch.lock:
+        if _scratch.exiting:
+            raise ArchiveError("the process is exiting")
+        _scratch.databases[scratch] = url
+        try:
+            pg.create_database(url, scratch)
+        except BaseException:
+            del _scratch.databases[scratch]
+            raise
     try:
         scratch_url = url.set(database=scratch)
         _load_postgres(scratch_url, data, manifest, work)
         counts = pg.count_rows(scratch_url)
     finally:
         pg.drop_database(url, scratch)
+        with _scratch.lock:
+            _scratch.databases.pop(scratch, None)
     _compare(manifest.row_counts, counts)
     return counts
 
