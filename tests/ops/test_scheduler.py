@@ -193,20 +193,16 @@ async def test_a_failed_verification_is_logged_without_the_tools_message(
     assert "secret-row" not in caplog.text
 
 
-_BLOCKED_VERIFY_SCRIPT = """
+# A process that starts a backup, waits until the verification reached `reached` (an event the
+# patch sets), then closes its lifespan and exits: what a SIGTERM at that moment comes down to.
+_EXIT_DURING_VERIFY_SCRIPT = """
 import asyncio, sys, threading
 from pathlib import Path
-import stalwart.ops.scheduler as scheduler
 from stalwart.app import create_app
 from stalwart.settings import Settings
 
-entered = threading.Event()
-
-def verify_on_a_stalled_database(settings, path):
-    entered.set()
-    threading.Event().wait()  # a scratch-database call to a server that never answers
-
-scheduler.verify_archive = verify_on_a_stalled_database
+reached = threading.Event()
+{patch}
 
 async def main():
     settings = Settings(_env_file=None, env="test", data_dir=Path(sys.argv[1]),
@@ -215,7 +211,7 @@ async def main():
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         assert await app.state.resources.lifecycle.start_backup(actor="test")
-        while not entered.is_set():
+        while not reached.is_set():
             await asyncio.sleep(0.05)
     print("lifespan closed", flush=True)
 
@@ -223,23 +219,17 @@ asyncio.run(main())
 """
 
 
-def test_the_process_exits_while_a_backup_verification_is_blocked(tmp_path: Path, sqlite_template: Path) -> None:
-    """SIGTERM during a backup's verification against a database that stopped answering: the
-    graceful shutdown finished, but the process then waited for the verification thread at
-    exit, for as long as the database stayed stalled."""
-    import shutil
+def _exit_during_verify(patch: str, data_dir: Path, database_url: str, timeout: float) -> None:
+    """Run that process; fail unless it exits by itself, with status 0, after its lifespan."""
     import subprocess
     import sys
 
-    database = tmp_path / "data" / "stalwart.db"
-    database.parent.mkdir(parents=True)
-    shutil.copy(sqlite_template, database)
+    script = _EXIT_DURING_VERIFY_SCRIPT.format(patch=patch)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _BLOCKED_VERIFY_SCRIPT, str(tmp_path / "data"), f"sqlite+aiosqlite:///{database}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-c", script, str(data_dir), database_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
@@ -248,36 +238,25 @@ def test_the_process_exits_while_a_backup_verification_is_blocked(tmp_path: Path
     assert b"lifespan closed" in out
 
 
-_SLOW_PG_VERIFY_SCRIPT = """
-import asyncio, sys, threading
-from pathlib import Path
-import stalwart.ops.restore as restore
-from stalwart.app import create_app
-from stalwart.settings import Settings
+def test_the_process_exits_while_a_backup_verification_is_blocked(tmp_path: Path, sqlite_template: Path) -> None:
+    """SIGTERM during a backup's verification against a database that stopped answering: the
+    graceful shutdown finished, but the process then waited for the verification thread at
+    exit, for as long as the database stayed stalled."""
+    import shutil
 
-loading = threading.Event()
-real_load = restore._load_postgres
+    database = tmp_path / "data" / "stalwart.db"
+    database.parent.mkdir(parents=True)
+    shutil.copy(sqlite_template, database)
+    patch = """
+import stalwart.ops.scheduler as scheduler
 
-def load_a_large_dump(*args, **kwargs):
-    loading.set()
-    threading.Event().wait(3)  # a big dump takes a while to load into the scratch database
-    return real_load(*args, **kwargs)
+def verify_on_a_stalled_database(settings, path):
+    reached.set()
+    threading.Event().wait()  # a scratch-database call to a server that never answers
 
-restore._load_postgres = load_a_large_dump
-
-async def main():
-    settings = Settings(_env_file=None, env="test", data_dir=Path(sys.argv[1]),
-                        database_url=sys.argv[2], argon2_time_cost=1, argon2_memory_kib=64,
-                        argon2_parallelism=1, rate_limit_backend="memory")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        assert await app.state.resources.lifecycle.start_backup(actor="test")
-        while not loading.is_set():
-            await asyncio.sleep(0.05)
-    print("lifespan closed", flush=True)
-
-asyncio.run(main())
+scheduler.verify_archive = verify_on_a_stalled_database
 """
+    _exit_during_verify(patch, tmp_path / "data", f"sqlite+aiosqlite:///{database}", timeout=30)
 
 
 def test_a_verification_abandoned_at_exit_leaves_no_scratch_database(
@@ -287,9 +266,6 @@ def test_a_verification_abandoned_at_exit_leaves_no_scratch_database(
     process exits without the verification thread (background.run_in_daemon_thread), so its own
     `finally` never dropped the scratch database; a full copy of the data stayed on the server,
     one more with every such restart."""
-    import subprocess
-    import sys
-
     import asyncpg
 
     prefix = f"{postgres_db.name[:30]}_verify_"
@@ -303,18 +279,19 @@ def test_a_verification_abandoned_at_exit_leaves_no_scratch_database(
         return [row["datname"] for row in rows]
 
     assert asyncio.run(scratch_databases()) == []
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_PG_VERIFY_SCRIPT, str(tmp_path / "data"), postgres_db.url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"the process did not exit; it printed {out!r}")
-    assert proc.returncode == 0, err.decode()[-2000:]
-    assert b"lifespan closed" in out
+    patch = """
+import stalwart.ops.restore as restore
+
+real_load = restore._load_postgres
+
+def load_a_large_dump(*args, **kwargs):
+    reached.set()
+    threading.Event().wait(3)  # a big dump takes a while to load into the scratch database
+    return real_load(*args, **kwargs)
+
+restore._load_postgres = load_a_large_dump
+"""
+    _exit_during_verify(patch, tmp_path / "data", postgres_db.url, timeout=60)
     left = asyncio.run(scratch_databases())
     if left:  # not to leave them to the next runs either
         for name in left:
