@@ -34,7 +34,9 @@ def test_mixed_load_completes_without_a_failed_request(tmp_path: Path) -> None:
     with (tmp_path / "load_stats.csv").open() as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     total = rows["Aggregated"]
-    assert int(total["Request Count"]) >= 200, total
+    # A floor that says the load ran, not a throughput figure (benchmarks/ measure that): on a
+    # busy 2-core machine 20 users got 86 requests through in 8 s, on a quiet one several hundred.
+    assert int(total["Request Count"]) >= 50, total
     assert int(total["Failure Count"]) == 0, result.stderr[-2000:]
     for name in ("/api/v1/notes?limit=20", "/api/v1/notes", "/api/v1/auth/tokens", "/health"):
         assert int(rows[name]["Request Count"]) > 0, name
