@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from stalwart.app import create_app
-from tests.conftest import PostgresDatabase, make_settings, signup
+from tests.conftest import Account, PostgresDatabase, make_settings, signup
 from tests.stalling_proxy import StallingProxy
 
 pytestmark = pytest.mark.anyio
@@ -54,22 +54,29 @@ async def proxied_app(tmp_path: Path, pg_url: str, proxy: StallingProxy) -> Asyn
             proxy.resume()  # the close of the pools is not what this test measures
 
 
-async def test_requests_on_pooled_connections_get_503_when_the_database_stops_answering(
-    proxied_app: FastAPI, proxy: StallingProxy
-) -> None:
+@pytest.fixture
+async def signed_in(proxied_app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, Account]]:
+    """A client with an account whose first read went through: pooled connections to reuse."""
     transport = httpx.ASGITransport(app=proxied_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         account = await signup(c)
-        # Warm both pools (the write pool and the hot-read pool): idle connections to reuse.
         assert (await c.get("/api/v1/notes", headers=account.headers)).status_code == 200
-        assert (await c.get("/api/v1/me", headers=account.headers)).status_code == 200
-        proxy.stall()
-        started = time.monotonic()
-        # Bounded here so that a hang fails the test instead of the whole run.
-        with anyio.fail_after(30):
-            reads = await c.get("/api/v1/notes", headers=account.headers)
-            write = await c.post("/api/v1/notes", headers=account.headers, json={"title": "t", "body": "b"})
-        elapsed = time.monotonic() - started
+        yield c, account
+
+
+async def test_requests_on_pooled_connections_get_503_when_the_database_stops_answering(
+    signed_in: tuple[httpx.AsyncClient, Account], proxy: StallingProxy
+) -> None:
+    c, account = signed_in
+    # This read and the fixture's warm both pools (the write pool and the hot-read pool).
+    assert (await c.get("/api/v1/me", headers=account.headers)).status_code == 200
+    proxy.stall()
+    started = time.monotonic()
+    # Bounded here so that a hang fails the test instead of the whole run.
+    with anyio.fail_after(30):
+        reads = await c.get("/api/v1/notes", headers=account.headers)
+        write = await c.post("/api/v1/notes", headers=account.headers, json={"title": "t", "body": "b"})
+    elapsed = time.monotonic() - started
     for response in (reads, write):
         assert response.status_code == 503, response.text
         assert response.headers["content-type"] == "application/problem+json"
@@ -78,22 +85,19 @@ async def test_requests_on_pooled_connections_get_503_when_the_database_stops_an
 
 
 async def test_connections_dropped_mid_query_get_503_not_500(
-    proxied_app: FastAPI, proxy: StallingProxy
+    signed_in: tuple[httpx.AsyncClient, Account], proxy: StallingProxy
 ) -> None:
-    transport = httpx.ASGITransport(app=proxied_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-        account = await signup(c)
-        assert (await c.get("/api/v1/notes", headers=account.headers)).status_code == 200
-        proxy.stall()
-        # The token lookup (hot-read pool) is sent and waits for its answer...
-        pending = asyncio.ensure_future(c.get("/api/v1/notes", headers=account.headers))
-        await asyncio.sleep(0.3)
-        assert not pending.done()
-        proxy.drop()  # ...when the server's end of the connection goes away.
-        with anyio.fail_after(30):
-            response = await pending
-        assert response.status_code == 503, response.text
-        assert response.headers["content-type"] == "application/problem+json"
-        assert response.headers["retry-after"] == "2"
-        # And the pool recovers by itself once the database answers again.
-        assert (await c.get("/api/v1/notes", headers=account.headers)).status_code == 200
+    c, account = signed_in
+    proxy.stall()
+    # The token lookup (hot-read pool) is sent and waits for its answer...
+    pending = asyncio.ensure_future(c.get("/api/v1/notes", headers=account.headers))
+    await asyncio.sleep(0.3)
+    assert not pending.done()
+    proxy.drop()  # ...when the server's end of the connection goes away.
+    with anyio.fail_after(30):
+        response = await pending
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "2"
+    # And the pool recovers by itself once the database answers again.
+    assert (await c.get("/api/v1/notes", headers=account.headers)).status_code == 200
