@@ -126,14 +126,23 @@ class RedisLock:
 
     async def _renew(self) -> None:
         # A job may outlive the TTL (a long backup); the TTL only bounds a crashed holder.
-        while True:
+        # Released means `self.renewer` no longer names this task. Checked after each call, not
+        # left to the cancellation alone: redis-py 8 loses a cancellation that arrives during a
+        # command about half the time, and this loop would then renew forever while release()
+        # waited for it.
+        me = asyncio.current_task()
+        while self.renewer is me:
             await asyncio.sleep(self.ttl_ms / 3000)
+            if self.renewer is not me:
+                return
             try:
                 renewed = await self.redis.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))
             except (RedisError, OSError) as exc:
                 # Keep trying: two more chances before the TTL runs out.
                 logger.warning("lock %s: renewal failed: %s", self.key, type(exc).__name__)
                 continue
+            if self.renewer is not me:
+                return
             if not renewed:
                 logger.warning("lock %s expired while held; another instance may run the job", self.key)
                 return
